@@ -1,0 +1,118 @@
+"""Hermes-R: a residual 3D U-Net whose encoder and decoder are fused with learned task and modality priors."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import HermesRConfig
+from .heads import ModalityHead, TaskKernelHead
+from .prior_fusion import NULL_TASK, PriorFusionLayer
+from .residual_block import residual_stage
+
+
+class Stem(nn.Module):
+    """Plain 3x3x3 convolution (no norm, no bias) followed by residual blocks at full resolution."""
+
+    def __init__(self, in_channels: int, width: int, num_blocks: int, eps: float):
+        super().__init__()
+        self.conv = nn.Conv3d(in_channels, width, kernel_size=3, padding=1, bias=False)
+        self.blocks = residual_stage(width, width, num_blocks, eps)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.blocks(self.conv(x))
+
+
+class DownStage(nn.Module):
+    """Max-pool by 2, then residual blocks."""
+
+    def __init__(self, in_channels: int, out_channels: int, num_blocks: int, eps: float):
+        super().__init__()
+        self.pool = nn.MaxPool3d(2)
+        self.blocks = residual_stage(in_channels, out_channels, num_blocks, eps)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.blocks(self.pool(x))
+
+
+class UpStage(nn.Module):
+    """Trilinear upsampling to the skip's exact size (align_corners), concatenation [skip, up], residual blocks."""
+
+    def __init__(self, in_channels: int, skip_channels: int, out_channels: int, num_blocks: int, eps: float):
+        super().__init__()
+        self.blocks = residual_stage(in_channels + skip_channels, out_channels, num_blocks, eps)
+
+    def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        up = F.interpolate(x, size=skip.shape[2:], mode="trilinear", align_corners=True)
+        return self.blocks(torch.cat([skip, up], dim=1))
+
+
+class HermesR(nn.Module):
+    """``forward(image, task_ids, modality_ids) -> (seg_logits (B, T, *S), modality_logits (B, M))``.
+
+    ``task_ids`` (B, T) long: rows of the task table, -1 = null/padding. ``modality_ids`` (B,) or (B, 1) long;
+    a negative id counts from the end of the modality table, as the reference does.
+    """
+
+    def __init__(self, config: HermesRConfig):
+        super().__init__()
+        self.config = c = config
+        w, eps = c.widths, c.norm_eps
+        self.stem = Stem(c.in_channels, w[0], c.stem_blocks, eps)
+        self.encoder = nn.ModuleList(DownStage(w[i], w[i + 1], c.encoder_blocks[i], eps) for i in range(4))
+        self.decoder = nn.ModuleList(UpStage(w[4 - i], w[3 - i], w[3 - i], c.decoder_blocks[i], eps) for i in range(4))
+        self.fusion = nn.ModuleList(
+            PriorFusionLayer(width, depth, c.num_task_rows, c.num_modalities, c.tokens_per_modality, c.head_dim,
+                             c.mlp_ratio, c.norm_eps, c.mask_padding)
+            for width, depth in zip(c.fusion_widths, c.fusion_depths))
+        self.task_head = TaskKernelHead(c.token_width, w[0])
+        self.modality_head = ModalityHead(c.token_width, c.num_modalities)
+
+    @property
+    def num_task_rows(self) -> int:
+        return self.fusion[0].task_prior.shape[0]
+
+    def _check_ids(self, task_ids: torch.Tensor, modality_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if task_ids.dim() != 2:
+            raise ValueError(f"task_ids must be (B, T), got shape {tuple(task_ids.shape)}")
+        modality_ids = modality_ids.reshape(-1)
+        if modality_ids.shape[0] != task_ids.shape[0]:
+            raise ValueError("task_ids and modality_ids disagree on the batch size")
+        bad = (task_ids < NULL_TASK) | (task_ids >= self.num_task_rows)
+        if bool(bad.any()):
+            raise ValueError(f"task id out of range 0..{self.num_task_rows - 1} (or -1): {task_ids[bad][0].item()}")
+        m = self.config.num_modalities
+        if bool(((modality_ids < -m) | (modality_ids >= m)).any()):
+            raise ValueError(f"modality id out of range -{m}..{m - 1}")
+        return task_ids.long(), torch.remainder(modality_ids.long(), m)
+
+    def forward(self, image: torch.Tensor, task_ids: torch.Tensor, modality_ids: torch.Tensor):
+        task_ids, modality_ids = self._check_ids(task_ids, modality_ids)
+        f0 = self.stem(image)
+        f1 = self.encoder[0](f0)
+        f2, t2, m2 = self.fusion[0](self.encoder[1](f1), task_ids, modality_ids)
+        f3, t3, m3 = self.fusion[1](self.encoder[2](f2), task_ids, modality_ids)
+        f4, t4, m4 = self.fusion[2](self.encoder[3](f3), task_ids, modality_ids)
+        d3, t5, m5 = self.fusion[3](self.decoder[0](f4, f3), task_ids, modality_ids)
+        d2, t6, m6 = self.fusion[4](self.decoder[1](d3, f2), task_ids, modality_ids)
+        d1 = self.decoder[2](d2, f1)
+        d0 = self.decoder[3](d1, f0)
+        task_tokens = torch.cat([t2, t3, t4, t5, t6], dim=-1)
+        modality_tokens = torch.cat([m2, m3, m4, m5, m6], dim=-1)
+        return self.task_head(task_tokens, d0), self.modality_head(modality_tokens)
+
+    @torch.no_grad()
+    def append_task_rows(self, count: int, init_from: list[int] | None = None) -> list[int]:
+        """Add ``count`` task rows to every fusion layer; each starts as a copy of ``init_from[i]``'s rows or, by
+        default, the mean of the existing rows. Returns the new ids. Existing rows and the null token are untouched."""
+        first = self.num_task_rows
+        for layer in self.fusion:
+            table = layer.task_prior.data
+            if init_from is None:
+                rows = table.mean(dim=0, keepdim=True).expand(count, -1).clone()
+            else:
+                rows = table[torch.as_tensor(init_from, dtype=torch.long)].clone()
+            layer.append_task_rows(rows)
+        self.config = HermesRConfig.from_dict({**self.config.to_dict(), "num_task_rows": first + count})
+        return list(range(first, first + count))
