@@ -34,6 +34,27 @@ _RULES: list[tuple[re.Pattern, object]] = [
     (re.compile(r"^mod_out\.classifier\.(.+)$"), lambda m: f"modality_head.classifier.{m[1]}"),
 ]
 
+_FUSION_NAMES = {v: k for k, v in _FUSION.items()}
+_BLOCK_NAMES = {v: k for k, v in _BLOCK_PARTS.items()}
+_ATTN_NAMES = {v: k for k, v in _ATTN_PARTS.items()}
+_MLP_NAMES = {v: k for k, v in _MLP_PARTS.items()}
+_INVERSE: list[tuple[re.Pattern, object]] = [
+    (re.compile(r"^stem\.conv\.weight$"), "inc.conv1.weight"),
+    (re.compile(r"^stem\.blocks\.0\.(.+)$"), lambda m: f"inc.conv2.{m[1]}"),
+    (re.compile(r"^encoder\.(\d)\.blocks\.(\d+)\.(.+)$"), lambda m: f"down{int(m[1]) + 1}.conv.{int(m[2]) + 1}.{m[3]}"),
+    (re.compile(r"^decoder\.(\d)\.blocks\.(\d+)\.(.+)$"), lambda m: f"up{int(m[1]) + 1}.conv.{m[2]}.{m[3]}"),
+    (re.compile(r"^fusion\.(\d)\.(task_prior|modality_prior)$"), lambda m: f"{_FUSION_NAMES[int(m[1])]}.{m[2]}"),
+    (re.compile(r"^fusion\.(\d)\.null_token$"), lambda m: f"{_FUSION_NAMES[int(m[1])]}.task_prior"),
+    (re.compile(r"^fusion\.(\d)\.blocks\.(\d+)\.(\w+)\.((?:attn\.)?\w+)\.(weight|bias)$"),
+     lambda m: f"{_FUSION_NAMES[int(m[1])]}.attn_layers.{m[2]}.{_BLOCK_NAMES[m[3]]}."
+               f"{(_ATTN_NAMES if m[3].endswith('attn') else _MLP_NAMES)[m[4]]}.{m[5]}"),
+    (re.compile(r"^task_head\.norm\.(.+)$"), lambda m: f"out.norm.{m[1]}"),
+    (re.compile(r"^task_head\.project\.(.+)$"), lambda m: f"out.classifier_pred.0.{m[1]}"),
+    (re.compile(r"^task_head\.refine\.(.+)$"), lambda m: f"out.classifier_pred.1.{m[1]}"),
+    (re.compile(r"^modality_head\.norm\.(.+)$"), lambda m: f"mod_out.norm.{m[1]}"),
+    (re.compile(r"^modality_head\.classifier\.(.+)$"), lambda m: f"mod_out.classifier.{m[1]}"),
+]
+
 OFFICIAL_TASK_ROWS = 73
 OFFICIAL_NULL_ROW = 72
 
@@ -48,6 +69,18 @@ def official_to_local_name(key: str) -> str | None:
             except KeyError:
                 return None
     return None
+
+
+def local_to_official_name(name: str) -> str:
+    """The official key a local tensor comes from (for error messages); the name itself if none matches."""
+    for pattern, target in _INVERSE:
+        m = pattern.match(name)
+        if m:
+            try:
+                return target if isinstance(target, str) else target(m)
+            except KeyError:
+                break
+    return name
 
 
 def strip_prefixes(key: str) -> str:

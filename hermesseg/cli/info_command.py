@@ -1,0 +1,36 @@
+"""`hermesseg info MODEL [--json]`: what a model file holds."""
+
+from __future__ import annotations
+
+import json
+
+from ..model_file import manifest_summary, read_model_state
+
+
+def register(sub) -> None:
+    p = sub.add_parser("info", help="describe a model file (tasks, modalities, preprocessing, lineage)")
+    p.add_argument("model", help="a Hermes model file (.safetensors)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    manifest, state = read_model_state(args.model)
+    summary = manifest_summary(manifest, sum(t.numel() for t in state.values()))
+    if args.json:
+        print(json.dumps(summary, indent=1))
+        return 0
+    print(f"{summary['name']} {summary['version']}  (format {summary['format_version']}, "
+          f"{summary['num_parameters']:,} parameters, base width {manifest.config.base_channels})")
+    print("modalities: " + ", ".join(f"{m['id']}={m['name']}" for m in summary["modalities"]))
+    pre = manifest.preprocessing
+    print(f"preprocessing: {pre['spacing']} mm, orientation {pre.get('orientation', 'LPS')}")
+    print(f"tasks ({len(summary['tasks'])}):")
+    for group in summary["groups"]:
+        tasks = [t for t in summary["tasks"] if t["group"] == group]
+        print(f"  {group} [{', '.join(dict.fromkeys(m for t in tasks for m in t['modalities']))}]: "
+              + ", ".join(t["name"] for t in tasks))
+    for record in summary["lineage"]:
+        print(f"lineage: {record['operation']} {record['created']} parent={str(record['parent'])[:12]} "
+              f"datasets={','.join(record['datasets'])}")
+    return 0

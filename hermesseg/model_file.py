@@ -1,0 +1,123 @@
+"""One self-describing model file: safetensors weights plus the JSON manifest in the safetensors metadata.
+
+Writing is atomic; reading validates the manifest, every tensor's name and shape, and the weights' fingerprint.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+from .atomic import atomic_path
+from .errors import ModelFileError
+from .manifest import Manifest
+from .network import HermesR, HermesRConfig
+
+MANIFEST_KEY = "hermes_manifest"
+
+
+def weights_fingerprint(state: dict[str, torch.Tensor]) -> str:
+    """sha256 over tensor names, dtypes, shapes and bytes in name order: identifies the weights, not the file."""
+    h = hashlib.sha256()
+    for name in sorted(state):
+        t = state[name].detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}\n".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def expected_shapes(config: HermesRConfig) -> dict[str, tuple[int, ...]]:
+    """Tensor names and shapes of a network with this configuration (built on the meta device: no memory)."""
+    with torch.device("meta"):
+        net = HermesR(config)
+    return {k: tuple(v.shape) for k, v in net.state_dict().items()}
+
+
+def check_tensor_layout(shapes: dict[str, tuple[int, ...]], config: HermesRConfig, what: str = "model file") -> None:
+    """Raise ModelFileError naming the first missing, unexpected or mis-shaped tensor."""
+    expected = expected_shapes(config)
+    for name in expected:
+        if name not in shapes:
+            raise ModelFileError(f"{what}: tensor {name!r} is missing")
+    for name in shapes:
+        if name not in expected:
+            raise ModelFileError(f"{what}: unexpected tensor {name!r}")
+    for name, shape in expected.items():
+        if tuple(shapes[name]) != shape:
+            raise ModelFileError(f"{what}: tensor {name!r} has shape {tuple(shapes[name])}, expected {shape}")
+
+
+def save_model(path: str | os.PathLike, network: HermesR, manifest: Manifest) -> Manifest:
+    """Validate and write ``network`` + ``manifest`` atomically; returns the manifest with its fingerprint set."""
+    state = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in network.state_dict().items()}
+    manifest.architecture = {"name": "hermes-r", **network.config.to_dict()}
+    manifest.validate()
+    check_tensor_layout({k: tuple(v.shape) for k, v in state.items()}, network.config)
+    manifest.weights_sha256 = weights_fingerprint(state)
+    with atomic_path(path, suffix=".safetensors") as tmp:
+        save_file(state, str(tmp), metadata={MANIFEST_KEY: manifest.to_json()})
+    return manifest
+
+
+def _open(path: Path):
+    if not path.exists():
+        raise ModelFileError(f"model file not found: {path}")
+    if path.is_dir():
+        raise ModelFileError(f"{path} is a folder, not a model file")
+    try:
+        return safe_open(str(path), framework="pt", device="cpu")
+    except (SafetensorError, OSError, ValueError) as e:
+        raise ModelFileError(f"{path} is not a readable Hermes model file (safetensors: {e}); "
+                             f"is it truncated, or an official .pth that needs `hermesseg import-official`?") from None
+
+
+def read_manifest(path: str | os.PathLike) -> Manifest:
+    """Read and validate only the manifest (fast: the header, not the weights)."""
+    path = Path(path)
+    with _open(path) as f:
+        meta = f.metadata() or {}
+    if MANIFEST_KEY not in meta:
+        raise ModelFileError(f"{path} is a safetensors file without a Hermes manifest")
+    return Manifest.from_json(meta[MANIFEST_KEY])
+
+
+def read_model_state(path: str | os.PathLike, verify: bool = True) -> tuple[Manifest, dict[str, torch.Tensor]]:
+    """Manifest and validated tensors; ``verify`` also checks the weights' fingerprint (detects corrupted bytes)."""
+    path = Path(path)
+    manifest = read_manifest(path)
+    try:
+        with _open(path) as f:
+            state = {k: f.get_tensor(k) for k in f.keys()}
+    except (SafetensorError, RuntimeError) as e:
+        raise ModelFileError(f"{path}: cannot read the weights ({e})") from None
+    check_tensor_layout({k: tuple(v.shape) for k, v in state.items()}, manifest.config, what=str(path))
+    if verify and manifest.weights_sha256 and weights_fingerprint(state) != manifest.weights_sha256:
+        raise ModelFileError(f"{path}: the weights do not match the manifest's fingerprint (corrupted file)")
+    return manifest, state
+
+
+def manifest_summary(manifest: Manifest, num_parameters: int) -> dict:
+    """What `hermesseg info --json` prints."""
+    return {
+        "name": manifest.name,
+        "version": manifest.version,
+        "format_version": manifest.format_version,
+        "architecture": manifest.architecture,
+        "num_parameters": num_parameters,
+        "num_task_rows": manifest.config.num_task_rows,
+        "tasks": [{"id": t.id, "name": t.name, "group": t.group, "modalities": t.modalities,
+                   "color": list(t.color), "terminology": t.terminology} for t in manifest.tasks],
+        "groups": manifest.groups,
+        "modalities": [{"id": m.id, "name": m.name, "description": m.description, "dicom": m.dicom}
+                       for m in manifest.modalities],
+        "preprocessing": manifest.preprocessing,
+        "lineage": [json.loads(json.dumps(r.__dict__)) for r in manifest.lineage],
+        "weights_sha256": manifest.weights_sha256,
+        "card": manifest.card,
+    }

@@ -1,0 +1,16 @@
+"""Where the shared, read-only test material lives (never copied into the repository)."""
+
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+DATA = SHARED / "data"
+CONFORMANCE = SHARED / "conformance"
+
+
+def require(path: Path) -> Path:
+    if not path.exists():
+        pytest.skip(f"shared test material not found: {path}")
+    return path
