@@ -1,0 +1,264 @@
+"""Into the model's space and back: reorientation, resampling, body mask and intensity normalisation (spec 5).
+
+Model-grid convention. The model grid has identity direction (voxel axes along the LPS physical axes) and the
+target spacing. It covers the axis-aligned box around the input's voxel *corners*: per axis the new size is
+``max(1, round(extent / spacing))`` and the grid is centred on that box, so its extent differs from the input's by at
+most half a model voxel, split evenly between the two ends. Centring makes the grid independent of how the input
+stores its axes: flipped or permuted copies of one physical image give the same model-grid array exactly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import SimpleITK as sitk
+
+CT_CLIP_ZSCORE = "ct_clip_zscore"
+PERCENTILE_CLIP_ZSCORE = "percentile_clip_zscore"
+SCHEMES = (CT_CLIP_ZSCORE, PERCENTILE_CLIP_ZSCORE)
+STATS_REGIONS = ("body", "all")
+ORIENTATIONS = ("LPS",)
+
+# Identity direction within this (max abs entry difference) counts as axis aligned: <0.01 mm drift over 500 mm.
+_AXIS_ALIGNED_TOL = 1e-5
+_SPACING_RTOL = 1e-3
+_IDENTITY = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
+# Air is about -1000 HU, fat about -100 HU: -500 separates the patient from the air around it.
+_CT_BODY_HU = -500.0
+# An MR/PET body voxel is brighter than 10% of the way from the dark background (p1) to bright tissue (p99).
+_MR_BODY_LEVEL = 0.10
+# A body mask smaller than this fraction of the volume is not trusted (e.g. a crop inside the lung): use all voxels.
+_MIN_BODY_FRACTION = 0.02
+# Below this standard deviation the region is constant: centre it without dividing.
+_MIN_STD = 1e-6
+
+
+@dataclass(frozen=True)
+class IntensityNorm:
+    """How one modality's intensities are normalised, as the model saw them in training.
+
+    ``ct_clip_zscore`` clips to the fixed ``clip`` HU window, ``percentile_clip_zscore`` to the image's own
+    ``percentiles``; both then z-score with mean and std computed in ``stats_region`` ("body": inside ``body_mask``,
+    which makes full-FOV scans look like the body-cropped training volumes; "all": every voxel).
+    """
+
+    scheme: str
+    clip: tuple[float, float] = (-991.0, 500.0)
+    percentiles: tuple[float, float] = (2.0, 98.0)
+    stats_region: str = "body"
+
+    def __post_init__(self):
+        object.__setattr__(self, "clip", _float_pair(self.clip, "clip"))
+        object.__setattr__(self, "percentiles", _float_pair(self.percentiles, "percentiles"))
+        if self.scheme not in SCHEMES:
+            raise ValueError(f"intensity scheme {self.scheme!r} is unknown; valid: {', '.join(SCHEMES)}")
+        if self.stats_region not in STATS_REGIONS:
+            raise ValueError(f"stats_region {self.stats_region!r} is unknown; valid: {', '.join(STATS_REGIONS)}")
+        if not 0.0 <= self.percentiles[0] < self.percentiles[1] <= 100.0:
+            raise ValueError(f"percentiles {self.percentiles} must satisfy 0 <= lo < hi <= 100")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"scheme": self.scheme, "clip": list(self.clip), "percentiles": list(self.percentiles),
+                "stats_region": self.stats_region}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "IntensityNorm":
+        _reject_unknown_keys(cls, d, "intensity normalisation")
+        if "scheme" not in d:
+            raise ValueError("intensity normalisation is missing 'scheme'")
+        return cls(**d)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Preprocessing:
+    """The input space a model expects, stored in its manifest: orientation, spacing (x, y, z) in mm, intensity
+    normalisation per modality name, and the patch size (z, y, x) in voxels of the sliding window."""
+
+    spacing: tuple[float, float, float] = (1.5, 1.5, 1.5)
+    orientation: str = "LPS"
+    intensity: dict[str, IntensityNorm] = field(default_factory=dict)
+    patch_size: tuple[int, int, int] = (128, 128, 128)
+
+    def __post_init__(self):
+        object.__setattr__(self, "spacing", tuple(float(s) for s in self.spacing))
+        object.__setattr__(self, "patch_size", tuple(int(p) for p in self.patch_size))
+        object.__setattr__(self, "intensity", dict(self.intensity))
+        if len(self.spacing) != 3 or min(self.spacing) <= 0:
+            raise ValueError(f"spacing {self.spacing} must be three positive numbers (x, y, z) in mm")
+        if len(self.patch_size) != 3 or min(self.patch_size) < 1:
+            raise ValueError(f"patch_size {self.patch_size} must be three positive voxel counts (z, y, x)")
+        if self.orientation not in ORIENTATIONS:
+            raise ValueError(f"orientation {self.orientation!r} is not supported; valid: {', '.join(ORIENTATIONS)}")
+        if not self.intensity:
+            raise ValueError("intensity must give a normalisation for at least one modality")
+        for name, norm in self.intensity.items():
+            if not isinstance(norm, IntensityNorm):
+                raise ValueError(f"intensity[{name!r}] must be an IntensityNorm, not {type(norm).__name__}")
+
+    def norm_for(self, modality_name: str) -> IntensityNorm:
+        if modality_name not in self.intensity:
+            raise KeyError(f"no intensity normalisation for modality {modality_name!r}; "
+                           f"valid: {', '.join(self.intensity)}")
+        return self.intensity[modality_name]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"spacing": list(self.spacing), "orientation": self.orientation,
+                "intensity": {name: norm.to_dict() for name, norm in self.intensity.items()},
+                "patch_size": list(self.patch_size)}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "Preprocessing":
+        _reject_unknown_keys(cls, d, "preprocessing")
+        if "intensity" not in d:
+            raise ValueError("preprocessing is missing 'intensity'")
+        intensity = {}
+        for name, norm in d["intensity"].items():
+            try:
+                intensity[name] = IntensityNorm.from_dict(norm)
+            except (TypeError, ValueError) as err:
+                raise ValueError(f"intensity[{name!r}]: {err}") from err
+        return cls(**{**d, "intensity": intensity})
+
+
+def to_model_grid(image: sitk.Image, spacing: Sequence[float]) -> sitk.Image:
+    """Reorient to LPS and resample to ``spacing`` (linear, outside filled with the image minimum), as float32.
+
+    ``DICOMOrient`` first permutes and flips axes exactly (no interpolation); only an oblique image, or a spacing
+    that differs by more than 0.1%, is then interpolated, in a single resampling onto the grid of the module docstring.
+    """
+    oriented = sitk.DICOMOrient(_float32(image), "LPS")
+    if _is_axis_aligned(oriented) and np.allclose(oriented.GetSpacing(), spacing, rtol=_SPACING_RTOL, atol=0):
+        return oriented
+    fill = float(np.min(sitk.GetArrayViewFromImage(oriented)))
+    return _resample(oriented, _model_grid_for(oriented, spacing), sitk.sitkLinear, fill, sitk.sitkFloat32)
+
+
+def resample_label_to_grid(label: sitk.Image, reference: sitk.Image) -> sitk.Image:
+    """Nearest-neighbour label map on ``reference``'s grid (a ``to_model_grid`` result), 0 outside, same pixel type;
+    nearest so training labels never get interpolated values (the reference's B-spline bug, spec 5.1)."""
+    return _resample(label, reference, sitk.sitkNearestNeighbor, 0.0, label.GetPixelID())
+
+
+def body_mask(array_zyx: np.ndarray, norm: IntensityNorm) -> np.ndarray:
+    """Where the patient is, so statistics of a full field of view match those of body-cropped training volumes.
+
+    Threshold (CT: > -500 HU; MR/PET: > p1 + 10% of (p99 - p1)), keep the largest 3D connected component, fill
+    holes slice by slice along axis 0 (the axial slices on the model grid: lungs and bowel gas are body even where
+    they reach the volume's edge in 3D). Falls back to every voxel when that leaves under 2% of the volume.
+    """
+    mask = array_zyx > _body_threshold(array_zyx, norm)
+    mask = _fill_holes_per_slice(_largest_component(mask))
+    if mask.mean() < _MIN_BODY_FRACTION:
+        return np.ones(array_zyx.shape, dtype=bool)
+    return mask
+
+
+def normalize_intensity(array_zyx: np.ndarray, norm: IntensityNorm) -> np.ndarray:
+    """Clip (fixed HU window or the region's percentiles), then z-score with the region's mean and std.
+
+    A constant region (std < 1e-6) is only centred, so the output is 0 there instead of a division by zero.
+    """
+    region = body_mask(array_zyx, norm) if norm.stats_region == "body" else np.ones(array_zyx.shape, dtype=bool)
+    if norm.scheme == CT_CLIP_ZSCORE:
+        lo, hi = norm.clip
+    else:
+        lo, hi = (float(p) for p in np.percentile(array_zyx[region], norm.percentiles))
+    clipped = np.clip(array_zyx.astype(np.float32), np.float32(lo), np.float32(hi))
+    values = clipped[region]
+    mean, std = float(values.mean(dtype=np.float64)), float(values.std(dtype=np.float64))
+    clipped -= np.float32(mean)
+    if std >= _MIN_STD:
+        clipped /= np.float32(std)
+    return clipped
+
+
+def resample_to_input(probabilities: np.ndarray, model_grid: sitk.Image, input_image: sitk.Image) -> np.ndarray:
+    """Bring per-task maps (T, z, y, x) from the model grid back onto the input's exact grid (linear, 0 outside).
+
+    One channel is resampled at a time, so the extra memory is one model-grid and one input-grid channel. The edge
+    values are extended by one model voxel first: ``round(extent / spacing)`` can leave the input's outermost voxel
+    centres just outside the model grid, and they must still get the model's answer, not 0.
+    """
+    expected = tuple(reversed(model_grid.GetSize()))
+    if probabilities.ndim != 4 or probabilities.shape[1:] != expected:
+        raise ValueError(f"probabilities have shape {probabilities.shape}; expected (T, "
+                         f"{', '.join(map(str, expected))}) on the model grid")
+    out = np.empty((probabilities.shape[0], *reversed(input_image.GetSize())), dtype=np.float32)
+    for t, channel in enumerate(probabilities):
+        on_model = sitk.GetImageFromArray(np.asarray(channel, dtype=np.float32))
+        on_model.CopyInformation(model_grid)
+        padded = sitk.ZeroFluxNeumannPad(on_model, [1, 1, 1], [1, 1, 1])
+        on_input = _resample(padded, input_image, sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+        out[t] = sitk.GetArrayViewFromImage(on_input)  # the view is only valid while on_input is alive
+    return out
+
+
+def _model_grid_for(image: sitk.Image, spacing: Sequence[float]) -> sitk.Image:
+    """An empty identity-direction image at ``spacing`` centred on the axis-aligned box around the voxel corners."""
+    size = np.array(image.GetSize())
+    corners = np.array([image.TransformContinuousIndexToPhysicalPoint(np.where(bits, size - 0.5, -0.5).tolist())
+                        for bits in np.ndindex(2, 2, 2)])
+    lo, hi = corners.min(axis=0), corners.max(axis=0)
+    spacing = np.asarray(spacing, dtype=float)
+    new_size = np.maximum(1, np.round((hi - lo) / spacing)).astype(int)
+    origin = (lo + hi) / 2 - (new_size - 1) * spacing / 2
+    grid = sitk.Image([int(s) for s in new_size], sitk.sitkUInt8)
+    grid.SetSpacing(spacing.tolist())
+    grid.SetOrigin(origin.tolist())
+    grid.SetDirection(_IDENTITY)
+    return grid
+
+
+def _resample(image: sitk.Image, reference: sitk.Image, interpolator: int, fill: float, pixel_id: int) -> sitk.Image:
+    resampler = sitk.ResampleImageFilter()
+    resampler.SetReferenceImage(reference)
+    resampler.SetInterpolator(interpolator)
+    resampler.SetDefaultPixelValue(fill)
+    resampler.SetOutputPixelType(pixel_id)
+    return resampler.Execute(image)
+
+
+def _float32(image: sitk.Image) -> sitk.Image:
+    return image if image.GetPixelID() == sitk.sitkFloat32 else sitk.Cast(image, sitk.sitkFloat32)
+
+
+def _is_axis_aligned(image: sitk.Image) -> bool:
+    return bool(np.max(np.abs(np.subtract(image.GetDirection(), _IDENTITY))) <= _AXIS_ALIGNED_TOL)
+
+
+def _body_threshold(array_zyx: np.ndarray, norm: IntensityNorm) -> float:
+    if norm.scheme == CT_CLIP_ZSCORE:
+        return _CT_BODY_HU
+    p1, p99 = np.percentile(array_zyx, [1, 99])
+    return float(p1 + _MR_BODY_LEVEL * (p99 - p1))
+
+
+def _largest_component(mask: np.ndarray) -> np.ndarray:
+    components = sitk.RelabelComponent(sitk.ConnectedComponent(sitk.GetImageFromArray(mask.astype(np.uint8))),
+                                       sortByObjectSize=True)
+    return sitk.GetArrayViewFromImage(components) == 1
+
+
+def _fill_holes_per_slice(mask: np.ndarray) -> np.ndarray:
+    filled = mask.copy()
+    for z in np.flatnonzero(mask.any(axis=(1, 2))):
+        slice_filled = sitk.BinaryFillhole(sitk.GetImageFromArray(mask[z].astype(np.uint8)))
+        filled[z] = sitk.GetArrayViewFromImage(slice_filled) > 0
+    return filled
+
+
+def _float_pair(value: Sequence[float], name: str) -> tuple[float, float]:
+    pair = tuple(float(v) for v in value)
+    if len(pair) != 2 or not pair[0] < pair[1]:
+        raise ValueError(f"{name} {tuple(value)} must be two numbers (lo, hi) with lo < hi")
+    return pair
+
+
+def _reject_unknown_keys(cls: type, d: Mapping[str, Any], what: str) -> None:
+    known = {f.name for f in dataclasses.fields(cls)}
+    for key in d:
+        if key not in known:
+            raise ValueError(f"unknown {what} key {key!r}; valid: {', '.join(sorted(known))}")
