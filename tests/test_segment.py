@@ -1,0 +1,200 @@
+"""`hermesseg segment`: geometry, query composition, outputs, cancellation and bad input, on real images."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from hermesseg.cli import main
+from segment_helpers import CT_ABDOMEN, CT_OBLIQUE, MR_BRAIN, assert_same_grid, dice, import_base8, read
+from paths import require
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    return import_base8(tmp_path_factory.mktemp("model"))
+
+
+def segment(model, inputs, out, *extra) -> int:
+    return main(["segment", *map(str, inputs), "-o", str(out), "--model", str(model), "--progress", "none", *extra])
+
+
+def test_outputs_share_the_input_grid_and_open_in_slicer(model, tmp_path):
+    slicer = pytest.importorskip("slicer")
+    assert segment(model, [MR_BRAIN], tmp_path, "--modality", "MR-T1", "--tasks", "chaos", "--fast", "--nifti",
+                   "--probabilities") == 0
+    image = read(MR_BRAIN)
+    names = ["chaos_liver", "chaos_kidney_right", "chaos_kidney_left", "chaos_spleen"]
+    for name in names:
+        mask = sitk.ReadImage(str(tmp_path / "brain1_0000" / f"{name}.nii.gz"))
+        assert_same_grid(mask, image)
+        prob = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "brain1_0000" / f"{name}_probability.nii.gz")))
+        assert np.array_equal(sitk.GetArrayFromImage(mask), (prob >= 0.5).astype(np.uint8))
+    scene = slicer.vtkMRMLScene()
+    node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode")
+    storage = slicer.vtkMRMLSegmentationStorageNode()
+    storage.SetFileName(str(tmp_path / "brain1_0000.seg.nrrd"))
+    assert storage.ReadData(node) == 1
+    seg = node.GetSegmentation()
+    assert [seg.GetNthSegment(i).GetName() for i in range(seg.GetNumberOfSegments())] == names
+    liver = seg.GetSegment(seg.GetSegmentIdBySegmentName("chaos_liver"))
+    assert "SCT^10200004^Liver" in liver.GetTerminology()
+    assert liver.GetColor() == pytest.approx((221 / 255, 130 / 255, 101 / 255), abs=1e-4)
+    # The segment's voxels equal the NIfTI mask, in physical space.
+    labelmap = slicer.vtkOrientedImageData()
+    node.GetBinaryLabelmapRepresentation(seg.GetSegmentIdBySegmentName("chaos_kidney_left"), labelmap)
+    mask = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "brain1_0000" / "chaos_kidney_left.nii.gz")))
+    assert labelmap.GetSpacing() == pytest.approx(image.GetSpacing(), abs=1e-5)
+    from vtk.util.numpy_support import vtk_to_numpy
+    count = int((vtk_to_numpy(labelmap.GetPointData().GetScalars()) > 0).sum()) if labelmap.GetPointData().GetScalars() else 0
+    assert count == int(mask.sum())
+
+
+def test_subset_selection_gives_the_same_masks_as_everything(model, tmp_path):
+    all_dir, one_dir = tmp_path / "all", tmp_path / "one"
+    assert segment(model, [CT_ABDOMEN], all_dir, "--modality", "CT", "--fast", "--probabilities") == 0
+    assert segment(model, [CT_ABDOMEN], one_dir, "--modality", "CT", "--fast", "--probabilities",
+                   "--tasks", "bcv_liver,amos_spleen") == 0
+    for name in ("bcv_liver", "amos_spleen"):
+        a = sitk.GetArrayFromImage(sitk.ReadImage(str(all_dir / "example_ct_sm_0000" / f"{name}_probability.nii.gz")))
+        b = sitk.GetArrayFromImage(sitk.ReadImage(str(one_dir / "example_ct_sm_0000" / f"{name}_probability.nii.gz")))
+        assert np.abs(a - b).max() < 1e-5, name
+    assert len(list((all_dir / "example_ct_sm_0000").glob("*_probability.nii.gz"))) == 60  # every CT task
+
+
+def _flip_permute(image: sitk.Image) -> sitk.Image:
+    """The same physical image stored with axes (x, y, z) -> (z, x, y) and the new first axis reversed."""
+    a = sitk.GetArrayFromImage(image)  # (z, y, x)
+    b = np.ascontiguousarray(a.transpose(1, 2, 0)[:, :, ::-1])  # new array (y, x, z) -> axes i=z(flipped), j=x, k=y
+    d = np.array(image.GetDirection()).reshape(3, 3)
+    s = np.array(image.GetSpacing())
+    cols = [-d[:, 2], d[:, 0], d[:, 1]]
+    spacing = [s[2], s[0], s[1]]
+    size = image.GetSize()
+    origin = np.array(image.TransformIndexToPhysicalPoint((0, 0, size[2] - 1)))
+    out = sitk.GetImageFromArray(b)
+    out.SetSpacing(spacing)
+    out.SetDirection(np.stack(cols, axis=1).ravel().tolist())
+    out.SetOrigin(origin.tolist())
+    return out
+
+
+@pytest.mark.parametrize("source, modality", [(CT_OBLIQUE, "CT"), (MR_BRAIN, "MR-T1")])
+def test_permuted_and_flipped_input_gives_the_transformed_output(model, tmp_path, source, modality):
+    image = read(source)
+    moved = _flip_permute(image)
+    # Same physical image: a voxel's physical position maps to the same intensity.
+    assert np.allclose(moved.TransformIndexToPhysicalPoint((0, 0, 0)),
+                       image.TransformIndexToPhysicalPoint((0, 0, image.GetSize()[2] - 1)), atol=1e-4)
+    moved_path = tmp_path / "moved.nii.gz"
+    sitk.WriteImage(moved, str(moved_path))
+    tasks = "structseg_thorax" if modality == "CT" else "chaos"
+    assert segment(model, [source], tmp_path / "a", "--modality", modality, "--tasks", tasks, "--fast",
+                   "--probabilities") == 0
+    assert segment(model, [moved_path], tmp_path / "b", "--modality", modality, "--tasks", tasks, "--fast",
+                   "--probabilities") == 0
+    stem = Path(source.name.replace(".nii.gz", ""))
+    for p in sorted((tmp_path / "a" / stem).glob("*_probability.nii.gz")):
+        a = sitk.ReadImage(str(p))
+        b = sitk.ReadImage(str(tmp_path / "b" / "moved" / p.name))
+        assert_same_grid(b, moved)
+        expected = sitk.GetArrayFromImage(a).transpose(1, 2, 0)[:, :, ::-1]
+        got = sitk.GetArrayFromImage(b)
+        assert np.abs(expected - got).max() < 1e-4, p.name
+        assert dice(expected >= 0.5, got >= 0.5) > 0.999 or not (expected >= 0.5).any()
+
+
+def _bad(model, tmp_path, capsys, args, expected):
+    out = tmp_path / "out"
+    code = main(["segment", *args, "-o", str(out), "--progress", "none"]
+                + ([] if "--model" in args else ["--model", str(model)]))
+    err = capsys.readouterr().err
+    assert code != 0, err
+    assert expected in err, err
+    assert not out.exists() or not any(p for p in out.rglob("*")), list(out.rglob("*"))
+
+
+def test_missing_input(model, tmp_path, capsys):
+    _bad(model, tmp_path, capsys, [str(tmp_path / "nope.nii.gz")], "nope.nii.gz")
+
+
+def test_2d_input(model, tmp_path, capsys):
+    p = tmp_path / "slice.nrrd"
+    sitk.WriteImage(sitk.Image(32, 32, sitk.sitkInt16), str(p))
+    _bad(model, tmp_path, capsys, [str(p), "--modality", "CT"], "2D")
+
+
+def test_4d_input(model, tmp_path, capsys):
+    p = tmp_path / "cine.nii.gz"
+    sitk.WriteImage(sitk.Image([8, 8, 8, 3], sitk.sitkFloat32), str(p))
+    _bad(model, tmp_path, capsys, [str(p), "--modality", "CT"], "4D")
+
+
+def test_multicomponent_input(model, tmp_path, capsys):
+    p = tmp_path / "rgb.nrrd"
+    sitk.WriteImage(sitk.Image([8, 8, 8], sitk.sitkVectorUInt8, 3), str(p))
+    _bad(model, tmp_path, capsys, [str(p), "--modality", "CT"], "3 components")
+
+
+def test_all_nan_input(model, tmp_path, capsys):
+    p = tmp_path / "nan.nrrd"  # (the NIfTI reader turns NaN into 0)
+    sitk.WriteImage(sitk.GetImageFromArray(np.full((8, 8, 8), np.nan, np.float32)), str(p))
+    _bad(model, tmp_path, capsys, [str(p), "--modality", "CT"], "NaN")
+
+
+def test_unknown_task_and_modality(model, tmp_path, capsys):
+    _bad(model, tmp_path, capsys, [str(require(CT_ABDOMEN)), "--modality", "CT", "--tasks", "amos_livr"],
+         "unknown task or group 'amos_livr'")
+    _bad(model, tmp_path, capsys, [str(CT_ABDOMEN), "--modality", "XRAY"],
+         "unknown modality 'XRAY'; this model knows: CT, PET, MR-T1, MR-T2, MR-cine, MR")
+    _bad(model, tmp_path, capsys, [str(CT_ABDOMEN), "--modality", "CT", "--tasks", "chaos_liver"],
+         "task 'chaos_liver' was learned for MR-T1, MR-T2, not CT")
+
+
+def test_invalid_model_file(model, tmp_path, capsys):
+    broken = tmp_path / "broken.safetensors"
+    broken.write_bytes(model.read_bytes()[:4096])
+    _bad(model, tmp_path, capsys, [str(CT_ABDOMEN), "--modality", "CT", "--model", str(broken)],
+         "not a readable Hermes model file")
+
+
+def test_unwritable_output(model, tmp_path, capsys):
+    blocker = tmp_path / "file.txt"
+    blocker.write_text("x")
+    code = main(["segment", str(CT_ABDOMEN), "-o", str(blocker / "out"), "--model", str(model), "--modality", "CT",
+                 "--progress", "none"])
+    assert code != 0
+    assert "is not writable" in capsys.readouterr().err
+
+
+def test_json_progress_and_sigterm_cancel_leave_no_output(model, tmp_path):
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "hermesseg.cli", "segment", str(require(MR_BRAIN)), "-o", str(out),
+                             "--model", str(model), "--modality", "MR-T1", "--progress", "json", "--overlap", "0.9"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    stages = []
+    for line in proc.stdout:
+        event = json.loads(line)
+        assert {"stage", "fraction", "message"} <= set(event)
+        stages.append(event["stage"])
+        if event["stage"] == "inference":
+            break
+    sent = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    rest = proc.stdout.read()
+    code = proc.wait(timeout=30)
+    elapsed = time.monotonic() - sent
+    assert code == 130, proc.stderr.read()
+    assert elapsed < 10, f"took {elapsed:.1f} s to stop"
+    assert json.loads(rest.strip().splitlines()[-1])["stage"] == "error"
+    assert stages[0] == "load" and "preprocess" in stages
+    assert not any(out.rglob("*")), list(out.rglob("*"))
