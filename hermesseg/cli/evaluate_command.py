@@ -1,0 +1,45 @@
+"""`hermesseg evaluate MODEL --data DIR... [--split test] [--json OUT]`."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from ..device import DEVICES, resolve_device
+from ..errors import HermesError
+from ..evaluation.evaluate import evaluate, write_report
+from ..inference.pipeline import InferenceOptions
+from ..model import load_model
+
+
+def register(sub) -> None:
+    p = sub.add_parser("evaluate", help="Dice and HD95 per task and case on nnU-Net datasets")
+    p.add_argument("model")
+    p.add_argument("--data", nargs="+", required=True, type=Path, help="dataset folders (nnU-Net v2 layout)")
+    p.add_argument("--split", default="all", help="all, or a split of --splits (train, validation, test)")
+    p.add_argument("--splits", type=Path, help="splits.json of a training run")
+    p.add_argument("--task-map", type=Path, help="JSON {\"dataset/label\": \"task name\"} for labels named otherwise")
+    p.add_argument("--json", type=Path, help="write the full report here (and a markdown table beside it)")
+    p.add_argument("--fast", action="store_true")
+    p.add_argument("--device", default="auto", choices=DEVICES)
+    p.set_defaults(func=run)
+
+
+def _read_json(path: Path | None, what: str):
+    if path is None:
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise HermesError(f"cannot read the {what} {path}: {e}") from None
+
+
+def run(args) -> int:
+    model = load_model(args.model, device=resolve_device(args.device))
+    report = evaluate(model, args.data, args.split, _read_json(args.splits, "splits file"),
+                      _read_json(args.task_map, "task map"), InferenceOptions(fast=args.fast),
+                      progress=lambda m: print(f"evaluating {m}", file=sys.stderr))
+    write_report(report, args.json)
+    print(report.markdown())
+    return 0
