@@ -198,3 +198,27 @@ def test_json_progress_and_sigterm_cancel_leave_no_output(model, tmp_path):
     assert json.loads(rest.strip().splitlines()[-1])["stage"] == "error"
     assert stages[0] == "load" and "preprocess" in stages
     assert not any(out.rglob("*")), list(out.rglob("*"))
+
+
+def test_dicom_folder_with_several_series(model, tmp_path, capsys):
+    from test_imageio import small_volume, write_dicom_series
+
+    folder = tmp_path / "study"
+    write_dicom_series(small_volume((16, 16, 8)), folder, "1.2.826.0.1.3680043.2.1125.1", "axial", "CT")
+    write_dicom_series(small_volume((16, 16, 8)), folder, "1.2.826.0.1.3680043.2.1125.2", "coronal", "CT")
+    _bad(model, tmp_path, capsys, [str(folder), "--modality", "CT"], "1.2.826.0.1.3680043.2.1125.2")
+
+
+def test_dicom_series_is_segmented_with_its_modality_detected(model, tmp_path):
+    from test_imageio import write_dicom_series
+
+    image = sitk.Cast(read(MR_BRAIN), sitk.sitkInt16)
+    folder = tmp_path / "series"
+    write_dicom_series(image, folder, "1.2.826.0.1.3680043.2.1125.3", "t1", "CT")
+    out = tmp_path / "out"
+    assert main(["segment", str(folder), "-o", str(out), "--model", str(model), "--tasks", "lits", "--fast",
+                 "--progress", "none", "--nifti"]) == 0  # DICOM Modality CT -> the CT modality, no --modality
+    from hermesseg.imageio import read_image
+
+    mask = sitk.ReadImage(str(out / "series" / "lits_liver.nii.gz"))
+    assert_same_grid(mask, read_image(folder))
