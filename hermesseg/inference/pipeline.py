@@ -11,7 +11,7 @@ import torch
 
 from ..manifest import TaskEntry
 from ..model import HermesModel
-from ..preprocessing import Preprocessing, normalize_intensity, resample_to_input, to_model_grid
+from ..preprocessing import Preprocessing, body_mask, normalize_intensity, resample_to_input, to_model_grid
 from .postprocess import largest_component
 from .query_plan import plan_queries
 from .sliding_window import count_windows, sliding_window_probabilities
@@ -30,6 +30,7 @@ class InferenceOptions:
     batch_size: int | None = None  # windows per forward pass; None = 4 on a GPU, 1 on the CPU
     threshold: float = 0.5
     largest_component: bool = False
+    crop_to_body: bool = True  # skip the air around the patient (the reference trained on body-cropped volumes)
 
 
 @dataclass
@@ -56,6 +57,17 @@ class ModelSpacePrediction:
             yield task, prob, mask.astype(np.uint8)
 
 
+def body_box(array_zyx: np.ndarray, norm, margin: int) -> tuple[slice, slice, slice]:
+    """Bounding box of the body mask plus ``margin`` voxels: the only region worth running the network on."""
+    mask = body_mask(array_zyx, norm)
+    box = []
+    for axis in range(3):
+        hits = np.flatnonzero(mask.any(axis=tuple(a for a in range(3) if a != axis)))
+        lo, hi = (hits[0], hits[-1] + 1) if hits.size else (0, array_zyx.shape[axis])
+        box.append(slice(max(lo - margin, 0), min(hi + margin, array_zyx.shape[axis])))
+    return tuple(box)
+
+
 def working_spacing(model: HermesModel, fast: bool) -> tuple[float, float, float]:
     spacing = tuple(model.manifest.preprocessing["spacing"])
     return tuple(max(s, FAST_SPACING_MM) for s in spacing) if fast else spacing
@@ -71,9 +83,11 @@ def predict(model: HermesModel, image: sitk.Image, tasks: list[TaskEntry], modal
     modality_entry = model.modality(modality)
     report("preprocess", 0.0, "resampling and normalising")
     grid = to_model_grid(image, working_spacing(model, options.fast))
-    array = normalize_intensity(sitk.GetArrayFromImage(grid), pre.norm_for(modality_entry.name))
-    tensor = torch.from_numpy(array)
-    del array
+    raw = sitk.GetArrayFromImage(grid)
+    norm = pre.norm_for(modality_entry.name)
+    box = body_box(raw, norm, margin=8) if options.crop_to_body else tuple(slice(0, n) for n in raw.shape)
+    tensor = torch.from_numpy(normalize_intensity(raw, norm)[box].copy())
+    del raw
     report("preprocess", _PREP, "preprocessed")
 
     roi = pre.patch_size
@@ -89,13 +103,13 @@ def predict(model: HermesModel, image: sitk.Image, tasks: list[TaskEntry], modal
 
     device = model.device
     batch = options.batch_size or (4 if device.type == "cuda" else 1)
-    out = np.zeros((len(tasks), *tensor.shape), dtype=np.float32)
+    out = np.zeros((len(tasks), *reversed(grid.GetSize())), dtype=np.float32)
     position = {t.id: i for i, t in enumerate(tasks)}
     for query in queries:
         probs = sliding_window_probabilities(model.network, tensor, list(query.task_ids), modality_entry.id, roi,
                                              options.overlap, batch, device, on_window)
         for slot in query.selected:
-            out[position[query.task_ids[slot]]] = probs[slot].numpy()
+            out[(position[query.task_ids[slot]], *box)] = probs[slot].numpy()
         del probs
     report("inference", _PREP + _INFER, "inference finished")
     return ModelSpacePrediction(tasks, out, grid, image, options)
