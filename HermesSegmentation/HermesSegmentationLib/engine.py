@@ -1,0 +1,124 @@
+"""Where the ``hermesseg`` engine is and how to start it in a child process.
+
+The engine (torch, MONAI, ...) never runs inside Slicer's process: every call goes through
+``[python, "-m", "hermesseg.cli", SUBCOMMAND, ...]`` with Slicer's own interpreter (``PythonSlicer``), so GPU memory,
+crashes and long computations stay out of the application and cancelling is killing a process tree.
+
+This module imports neither torch nor ``hermesseg`` (importing ``hermesseg`` would import torch): it only *locates*
+the package folder, with ``importlib.util.find_spec`` or by looking next to the module files, and puts that folder
+first on the child's ``PYTHONPATH``.
+
+Where ``hermesseg`` is found, in this order:
+
+1. ``$HERMESSEG_ENGINE_PATH`` (a folder that contains the ``hermesseg`` package), for developers;
+2. the folder that holds this extension's scripted modules: the top-level ``CMakeLists.txt`` installs the package
+   there (``<extension>/lib/Slicer-X.Y/qt-scripted-modules/hermesseg``), next to ``HermesSegmentationLib``;
+3. the source checkout (``<repo>/hermesseg`` next to ``<repo>/HermesSegmentation``), when the module is used from
+   the source tree (Extension Wizard / additional module paths);
+4. wherever Python finds it (``find_spec``), e.g. a venv with ``pip install -e .``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import sys
+from pathlib import Path
+
+PACKAGE = "hermesseg"
+CLI_MODULE = "hermesseg.cli"
+ENGINE_PATH_ENV = "HERMESSEG_ENGINE_PATH"
+PYTHON_ENV = "HERMESSEG_PYTHON"
+
+_LIB_DIR = Path(__file__).resolve().parent  # .../HermesSegmentationLib
+_MODULE_DIR = _LIB_DIR.parent                # .../HermesSegmentation (source) or qt-scripted-modules (installed)
+
+
+def _holds_package(folder: Path) -> bool:
+    return (folder / PACKAGE / "__init__.py").is_file() and (folder / PACKAGE / "cli").is_dir()
+
+
+def enginePackageFolder() -> Path | None:
+    """The folder that contains the ``hermesseg`` package (the entry to put on ``PYTHONPATH``), or None."""
+    override = os.environ.get(ENGINE_PATH_ENV)
+    if override and _holds_package(Path(override)):
+        return Path(override).resolve()
+    for candidate in (_MODULE_DIR, _MODULE_DIR.parent):
+        if _holds_package(candidate):
+            return candidate
+    try:
+        spec = importlib.util.find_spec(PACKAGE)  # locates, does not import (no torch import in Slicer)
+    except (ImportError, ValueError):
+        spec = None
+    if spec is not None and spec.submodule_search_locations:
+        return Path(list(spec.submodule_search_locations)[0]).resolve().parent
+    return None
+
+
+def insideSlicerApplication() -> bool:
+    """True inside the Slicer application (not in plain Python with the ``slicer-core`` wheel)."""
+    try:
+        import slicer
+    except ImportError:
+        return False
+    return getattr(slicer, "app", None) is not None
+
+
+def pythonExecutable() -> str:
+    """The interpreter that runs the engine: ``$HERMESSEG_PYTHON``, else ``PythonSlicer`` inside Slicer, else the
+    current interpreter (scripts, tests)."""
+    override = os.environ.get(PYTHON_ENV)
+    if override:
+        return override
+    if insideSlicerApplication():
+        found = shutil.which("PythonSlicer")
+        if found:
+            return found
+    return sys.executable
+
+
+def baseEnvironment() -> dict[str, str]:
+    """Slicer's startup environment when available (what ``launchConsoleProcess`` uses), else ``os.environ``."""
+    if insideSlicerApplication():
+        try:
+            import slicer.util
+            env = slicer.util.startupEnvironment()
+            if env:
+                return dict(env)
+        except Exception:  # noqa: BLE001 - an older Slicer without startupEnvironment: fall back to ours
+            pass
+    return dict(os.environ)
+
+
+def engineEnvironment(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """Environment for the child: the engine folder first on ``PYTHONPATH``, unbuffered UTF-8 output."""
+    env = baseEnvironment()
+    folder = enginePackageFolder()
+    if folder is not None:
+        parts = [str(folder)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p and p != str(folder)]
+        env["PYTHONPATH"] = os.pathsep.join(parts)
+    env["PYTHONUNBUFFERED"] = "1"
+    env["PYTHONIOENCODING"] = "utf-8"
+    if extra:
+        env.update(extra)
+    return env
+
+
+def engineCommand(subcommand: str, *args: str, python: str | None = None) -> list[str]:
+    """``[python, "-m", "hermesseg.cli", subcommand, *args]``."""
+    return [python or pythonExecutable(), "-m", CLI_MODULE, subcommand, *[str(a) for a in args]]
+
+
+def requireEngine() -> Path:
+    """The engine folder, or an EngineNotFoundError that says how to fix it."""
+    folder = enginePackageFolder()
+    if folder is None:
+        raise EngineNotFoundError(
+            "The Hermes engine (Python package 'hermesseg') was not found. Reinstall the HermesExtension, or set "
+            f"{ENGINE_PATH_ENV} to the folder that contains the 'hermesseg' package.")
+    return folder
+
+
+class EngineNotFoundError(RuntimeError):
+    """The ``hermesseg`` package is not installed where this module can find it."""

@@ -1,0 +1,189 @@
+"""The model catalogue: which Hermes model files exist and what they hold.
+
+- the embedded default model shipped inside the engine package (``$HERMESSEG_MODEL``, else
+  ``hermesseg/resources/*.safetensors``, the rule of ``hermesseg.default_model.default_model_path``), found by
+  looking at files: importing ``hermesseg`` would import torch into Slicer's process;
+- the user's models folder (``$HERMESSEG_MODELS_DIR``, else ``~/.hermesseg/models``): official checkpoints imported
+  with the model manager, models trained by HermesTraining, files the user copies there;
+- any other file the user picks.
+
+What a model holds (tasks grouped by dataset, modalities, colours, terminology, model card) comes from
+``hermesseg info MODEL --json`` run in a child process, cached per file (path, size, modification time).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import engine
+
+MODEL_SUFFIX = ".safetensors"
+DEFAULT_MODEL_FILE = "hermes-mini.safetensors"  # hermesseg.default_model.DEFAULT_MODEL_FILE
+MODELS_DIR_ENV = "HERMESSEG_MODELS_DIR"
+DEFAULT_MODEL_ENV = "HERMESSEG_MODEL"
+
+
+class ModelInfoError(RuntimeError):
+    pass
+
+
+@dataclass
+class ModelEntry:
+    path: Path
+    label: str
+    embedded: bool = False
+
+
+def userModelsFolder() -> Path:
+    override = os.environ.get(MODELS_DIR_ENV)
+    return Path(override).expanduser() if override else Path.home() / ".hermesseg" / "models"
+
+
+def defaultModelPath() -> Path | None:
+    """The embedded default model, if this installation has one."""
+    env = os.environ.get(DEFAULT_MODEL_ENV)
+    if env:
+        return Path(env) if Path(env).is_file() else None
+    folder = engine.enginePackageFolder()
+    if folder is None:
+        return None
+    resources = folder / engine.PACKAGE / "resources"
+    preferred = resources / DEFAULT_MODEL_FILE
+    if preferred.is_file():
+        return preferred
+    found = sorted(resources.glob(f"*{MODEL_SUFFIX}")) if resources.is_dir() else []
+    return found[0] if found else None
+
+
+def listModels(extraFolders: list[Path] | None = None) -> list[ModelEntry]:
+    """The default model first, then the user's models (sorted by name); no duplicates."""
+    entries: list[ModelEntry] = []
+    seen: set[Path] = set()
+    default = defaultModelPath()
+    if default is not None:
+        entries.append(ModelEntry(default, f"{default.stem} (default)", embedded=True))
+        seen.add(default.resolve())
+    for folder in [userModelsFolder(), *(extraFolders or [])]:
+        if not folder.is_dir():
+            continue
+        for path in sorted(folder.glob(f"*{MODEL_SUFFIX}")):
+            if path.resolve() in seen or path.name.startswith("."):
+                continue
+            seen.add(path.resolve())
+            entries.append(ModelEntry(path, path.stem))
+    return entries
+
+
+def infoCommand(modelPath: str | Path, python: str | None = None) -> list[str]:
+    return engine.engineCommand("info", str(modelPath), "--json", python=python)
+
+
+def importOfficialCommand(checkpoint: str | Path, output: str | Path, name: str | None = None,
+                          python: str | None = None) -> list[str]:
+    args = [str(checkpoint), "-o", str(output)]
+    if name:
+        args += ["--name", name]
+    return engine.engineCommand("import-official", *args, python=python)
+
+
+def importedModelPath(checkpoint: str | Path, folder: Path | None = None) -> Path:
+    """Where the model manager writes the model imported from ``checkpoint``."""
+    return (folder or userModelsFolder()) / (Path(checkpoint).stem + MODEL_SUFFIX)
+
+
+def parseInfoOutput(text: str) -> dict:
+    """The JSON object printed by ``hermesseg info --json`` (tolerates log lines before it)."""
+    start = text.find("{")
+    if start < 0:
+        raise ModelInfoError("the engine printed no model description")
+    try:
+        info = json.loads(text[start:])
+    except ValueError as e:
+        raise ModelInfoError(f"unreadable model description: {e}") from None
+    if not isinstance(info, dict) or not isinstance(info.get("tasks"), list):
+        raise ModelInfoError("the model description has no task table")
+    return info
+
+
+def errorFromOutput(text: str, returnCode: int) -> str:
+    """The engine's one-line error (``hermesseg info: error: ...``), else the last output line."""
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    for line in reversed(lines):
+        if ": error:" in line:
+            return line.split(": error:", 1)[1].strip()
+    return lines[-1] if lines else f"the engine exited with code {returnCode}"
+
+
+class ModelCatalog:
+    """Cached ``hermesseg info`` results. ``info`` runs the engine synchronously (about 2 s); the widget runs
+    :func:`infoCommand` in a ``BackgroundProcess`` and hands the output to :meth:`storeInfoOutput` instead."""
+
+    def __init__(self):
+        self._cache: dict[tuple[str, int, int], dict] = {}
+
+    @staticmethod
+    def _key(path: str | Path) -> tuple[str, int, int]:
+        p = Path(path)
+        st = p.stat()
+        return (str(p.resolve()), st.st_size, st.st_mtime_ns)
+
+    def cachedInfo(self, path: str | Path) -> dict | None:
+        try:
+            return self._cache.get(self._key(path))
+        except OSError:
+            return None
+
+    def storeInfoOutput(self, path: str | Path, output: str) -> dict:
+        info = parseInfoOutput(output)
+        self._cache[self._key(path)] = info
+        return info
+
+    def info(self, path: str | Path, timeout: float = 120) -> dict:
+        cached = self.cachedInfo(path)
+        if cached is not None:
+            return cached
+        if not Path(path).is_file():
+            raise ModelInfoError(f"model file not found: {path}")
+        engine.requireEngine()
+        kwargs = {"creationflags": 0x08000000} if os.name == "nt" else {}
+        result = subprocess.run(infoCommand(path), env=engine.engineEnvironment(), capture_output=True, text=True,
+                                encoding="utf-8", errors="replace", timeout=timeout, **kwargs)
+        if result.returncode != 0:
+            raise ModelInfoError(errorFromOutput(result.stderr + "\n" + result.stdout, result.returncode))
+        return self.storeInfoOutput(path, result.stdout)
+
+
+def tasksByGroup(info: dict, modality: str | None = None) -> dict[str, list[dict]]:
+    """The model's tasks grouped by dataset (model order), keeping those learned for ``modality`` if given."""
+    groups: dict[str, list[dict]] = {g: [] for g in info.get("groups", [])}
+    for task in info.get("tasks", []):
+        if modality and modality not in task.get("modalities", []):
+            continue
+        groups.setdefault(task.get("group", ""), []).append(task)
+    return {g: tasks for g, tasks in groups.items() if tasks}
+
+
+def modelCardHtml(info: dict, path: str | Path | None = None) -> str:
+    """A short model card for the model manager (name, version, size, tasks, modalities, lineage, licence notes)."""
+    import html
+
+    def esc(x) -> str:
+        return html.escape(str(x))
+
+    rows = [f"<b>{esc(info.get('name', '?'))}</b> version {esc(info.get('version', '?'))}"]
+    if path:
+        rows.append(f"File: {esc(path)}")
+    if info.get("num_parameters"):
+        rows.append(f"Parameters: {int(info['num_parameters']):,}")
+    rows.append(f"Structures: {len(info.get('tasks', []))} in {len(info.get('groups', []))} datasets")
+    rows.append("Modalities: " + ", ".join(esc(m.get("name")) for m in info.get("modalities", [])))
+    for key, value in (info.get("card") or {}).items():
+        rows.append(f"{esc(key.replace('_', ' ').capitalize())}: {esc(value)}")
+    for record in info.get("lineage", []) or []:
+        rows.append(f"History: {esc(record.get('operation'))} {esc(record.get('created', ''))}"
+                    + (f" on {esc(', '.join(record.get('datasets', [])))}" if record.get("datasets") else ""))
+    return "<br>".join(rows)
