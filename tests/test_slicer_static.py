@@ -1,0 +1,199 @@
+"""Static checks of the Slicer modules that need no Qt: the .ui file, the widget's use of it, compilation, and that
+the GUI files import (with stub qt/ctk/ScriptedLoadableModule modules: an import check only, no Qt behaviour)."""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import importlib.util
+import py_compile
+import re
+import sys
+import types
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+import slicer
+
+REPO = Path(__file__).resolve().parents[1]
+MODULE_DIRS = [REPO / "HermesSegmentation", REPO / "HermesTraining"]
+SEG_DIR = REPO / "HermesSegmentation"
+UI_FILE = SEG_DIR / "Resources" / "UI" / "HermesSegmentation.ui"
+WIDGET_FILE = SEG_DIR / "HermesSegmentation.py"
+
+# Which widget classes the parameter node wrapper can bind to which field types (Slicer's guiConnectors).
+BINDABLE = {
+    "vtkMRMLScalarVolumeNode": {"qMRMLNodeComboBox"},
+    "bool": {"QCheckBox", "QPushButton"},
+    "str": {"QLineEdit", "QTextEdit"},  # a QComboBox needs Annotated[str, Choice(...)]
+    "Device": {"QComboBox"},  # enum.Enum -> QComboBox
+}
+
+
+def ui_tree() -> ET.ElementTree:
+    return ET.parse(UI_FILE)  # raises on malformed XML
+
+
+def ui_widgets() -> dict[str, str]:
+    return {w.get("name"): w.get("class") for w in ui_tree().iter("widget")}
+
+
+def test_ui_is_wellformed_designer_file_with_mrml_top_level():
+    root = ui_tree().getroot()
+    assert root.tag == "ui" and root.get("version") == "4.0"
+    top = root.find("widget")
+    assert top.get("class") == "qMRMLWidget" and top.get("name") == root.findtext("class") == "HermesSegmentation"
+    names = [w.get("name") for w in root.iter("widget")]
+    assert len(names) == len(set(names)), "duplicate objectName in the .ui"
+    custom = {c.findtext("class") for c in root.iter("customwidget")}
+    used = {c for c in ui_widgets().values() if c.startswith(("ctk", "qMRML", "qSlicer"))}
+    assert used <= custom, f"custom widget classes not declared: {used - custom}"
+    collapsibles = [n for n, c in ui_widgets().items() if c == "ctkCollapsibleButton"]
+    assert {"inputsCollapsibleButton", "tasksCollapsibleButton", "modelCollapsibleButton",
+            "advancedCollapsibleButton", "logCollapsibleButton"} <= set(collapsibles)
+
+
+def test_every_mrml_widget_gets_the_scene():
+    root = ui_tree().getroot()
+    connected = {(c.findtext("sender"), c.findtext("signal"), c.findtext("receiver"), c.findtext("slot"))
+                 for c in root.iter("connection")}
+    for name, cls in ui_widgets().items():
+        if cls.startswith("qMRML") and cls != "qMRMLWidget":
+            assert ("HermesSegmentation", "mrmlSceneChanged(vtkMRMLScene*)", name,
+                    "setMRMLScene(vtkMRMLScene*)") in connected, f"{name} never receives the MRML scene"
+
+
+def test_every_ui_name_used_by_the_code_exists_in_the_ui_file():
+    code = WIDGET_FILE.read_text(encoding="utf-8")
+    used = set(re.findall(r"\b(?:self|widget)\.ui\.(\w+)", code))
+    assert len(used) >= 15
+    missing = used - set(ui_widgets())
+    assert not missing, f"self.ui.<name> used in HermesSegmentation.py but absent from the .ui: {sorted(missing)}"
+    # the placeholder module builds its one label in code and uses no .ui
+    assert "self.ui." not in (REPO / "HermesTraining" / "HermesTraining.py").read_text(encoding="utf-8")
+
+
+def parameter_node_fields() -> dict[str, str]:
+    tree = ast.parse(WIDGET_FILE.read_text(encoding="utf-8"))
+    for node in tree.body:
+        if isinstance(node, ast.ClassDef) and any(
+                isinstance(d, ast.Name) and d.id == "parameterNodeWrapper" for d in node.decorator_list):
+            return {s.target.id: ast.unparse(s.annotation) for s in node.body if isinstance(s, ast.AnnAssign)}
+    raise AssertionError("no @parameterNodeWrapper class in HermesSegmentation.py")
+
+
+def test_slicer_parameter_names_match_parameter_node_fields_and_widget_types():
+    fields = parameter_node_fields()
+    assert {"inputVolume", "modality", "modelPath", "tasks", "device", "fast"} <= set(fields)
+    bound = {}
+    for widget in ui_tree().getroot().iter("widget"):
+        for prop in widget.findall("property"):
+            if prop.get("name") == "SlicerParameterName":
+                bound[widget.get("name")] = (widget.get("class"), prop.findtext("string"))
+    assert len(bound) >= 5
+    for name, (cls, parameter) in bound.items():
+        assert parameter in fields, f"{name} is bound to unknown parameter {parameter!r}"
+        assert cls in BINDABLE.get(fields[parameter], set()), \
+            f"{name} ({cls}) cannot be bound to {parameter}: {fields[parameter]}"
+    assert {p for _, p in bound.values()} >= {"inputVolume", "device", "fast"}
+
+
+def module_python_files() -> list[Path]:
+    files = [p for d in MODULE_DIRS for p in d.rglob("*.py") if "__pycache__" not in p.parts]
+    return files + [REPO / "Testing" / "run_slicer_selftests.py"]
+
+
+@pytest.mark.parametrize("path", module_python_files(), ids=lambda p: str(p.relative_to(REPO)))
+def test_module_python_files_compile(path, tmp_path):
+    py_compile.compile(str(path), cfile=str(tmp_path / "x.pyc"), doraise=True)
+
+
+def test_lib_imports_neither_qt_nor_torch_nor_the_engine():
+    """The Lib must import under slicer-core (no Qt) and must not load torch/hermesseg into Slicer's process."""
+    for path in (SEG_DIR / "HermesSegmentationLib").glob("*.py"):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                names = [node.module]
+            else:
+                continue
+            for name in names:
+                assert name.split(".")[0] not in {"ctk", "torch", "hermesseg", "monai"}, f"{path.name}: {name}"
+                if name.split(".")[0] == "qt":  # only lazily, inside a function guarded for the app
+                    assert not any(node is n for n in tree.body), f"{path.name} imports qt at module level"
+
+
+# ---------------------------------------------------------------------------------------------- GUI import check
+class _Anything:
+    """Stands for any Qt/CTK object at import time."""
+
+    def __init__(self, *args, **kwargs):
+        pass
+
+    def __getattr__(self, name):
+        return _Anything()
+
+    def __call__(self, *args, **kwargs):
+        return _Anything()
+
+
+def _stub_module(name: str, **attributes) -> types.ModuleType:
+    module = types.ModuleType(name)
+    module.__dict__.update(attributes)
+    module.__getattr__ = lambda attr: _Anything()  # PEP 562: any other name resolves
+    return module
+
+
+@pytest.fixture
+def stub_slicer_gui(monkeypatch):
+    base = {name: type(name, (), {"__init__": lambda self, *a, **k: None})
+            for name in ("ScriptedLoadableModule", "ScriptedLoadableModuleWidget", "ScriptedLoadableModuleLogic")}
+    import unittest
+    base["ScriptedLoadableModuleTest"] = type("ScriptedLoadableModuleTest", (unittest.TestCase,), {})
+    slm = _stub_module("slicer.ScriptedLoadableModule", **base)
+    slm.__all__ = list(base)
+    i18n = _stub_module("slicer.i18n", tr=lambda text: text, translate=lambda context, text: text)
+    wrapper = _stub_module("slicer.parameterNodeWrapper", parameterNodeWrapper=lambda cls: cls)
+    for name, module in {"qt": _stub_module("qt"), "ctk": _stub_module("ctk"), "slicer.ScriptedLoadableModule": slm,
+                         "slicer.i18n": i18n, "slicer.parameterNodeWrapper": wrapper}.items():
+        monkeypatch.setitem(sys.modules, name, module)
+    monkeypatch.setattr(slicer, "ScriptedLoadableModule", slm, raising=False)
+    monkeypatch.setattr(slicer, "i18n", i18n, raising=False)
+    monkeypatch.setattr(slicer, "parameterNodeWrapper", wrapper, raising=False)
+    for d in MODULE_DIRS:
+        monkeypatch.syspath_prepend(str(d))
+    for name in ("HermesSegmentation", "HermesTraining"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    yield
+    for name in ("HermesSegmentation", "HermesTraining", "HermesSegmentationLib.logic"):
+        sys.modules.pop(name, None)  # the logic module picked the stub base class: forget it
+
+
+def test_gui_files_import_with_stub_qt(stub_slicer_gui):
+    seg = importlib.import_module("HermesSegmentation")
+    for cls in ("HermesSegmentation", "HermesSegmentationWidget", "HermesSegmentationTest",
+                "HermesSegmentationParameterNode", "Device"):
+        assert hasattr(seg, cls), cls
+    assert [d.value for d in seg.Device] == ["auto", "gpu", "cpu"]
+    assert set(seg.LIB_MODULES) == {f"HermesSegmentationLib.{p.stem}"
+                                    for p in (SEG_DIR / "HermesSegmentationLib").glob("*.py")
+                                    if p.stem != "__init__"}
+    for name in seg.LIB_MODULES:  # onReload reloads them in this order: each import resolves
+        importlib.import_module(name)
+    training = importlib.import_module("HermesTraining")
+    assert hasattr(training, "HermesTrainingWidget") and hasattr(training, "HermesTrainingTest")
+    assert "not available" in training.NOT_AVAILABLE_TEXT
+    tests = [m for m in dir(seg.HermesSegmentationTest) if m.startswith("test_")]
+    assert {"test_WidgetSegmentsRealImage", "test_WidgetCancel", "test_LogicBlocking"} <= set(tests)
+
+
+def test_selftest_runner_parses_its_arguments():
+    spec = importlib.util.spec_from_file_location("run_slicer_selftests", REPO / "Testing" / "run_slicer_selftests.py")
+    runner = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(runner)  # under this name the script does not run the tests
+    assert runner.MODULES == ("HermesSegmentation", "HermesTraining")
+    args = runner.parseArguments(["--modules", "HermesTraining", "--no-skips", "--some-slicer-option"])
+    assert args.modules == "HermesTraining" and args.no_skips
