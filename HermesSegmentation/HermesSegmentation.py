@@ -128,6 +128,7 @@ class HermesSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
         self._modelInfo = None
         self._modelInfoPath = None
         self._infoProcess = None
+        self._infoRequestPath = None
         self._importProcess = None
         self._job = None
         self._suggestedForVolumeID = None
@@ -292,7 +293,10 @@ class HermesSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
         if path == self._modelInfoPath and self._modelInfo is not None:
             return
         if self._infoProcess is not None and not self._infoProcess.finished:
+            if self._infoRequestPath == path:
+                return  # already being read
             self._infoProcess.cancel()
+        self._infoRequestPath = path
         self._modelInfo, self._modelInfoPath = None, None
         self._populateTasks()
         self.ui.modelCardTextBrowser.setPlainText(_("Reading the model..."))

@@ -4,6 +4,8 @@ the GUI files import (with stub qt/ctk/ScriptedLoadableModule modules: an import
 from __future__ import annotations
 
 import ast
+import builtins
+import dis
 import importlib
 import importlib.util
 import py_compile
@@ -188,6 +190,26 @@ def test_gui_files_import_with_stub_qt(stub_slicer_gui):
     assert "not available" in training.NOT_AVAILABLE_TEXT
     tests = [m for m in dir(seg.HermesSegmentationTest) if m.startswith("test_")]
     assert {"test_WidgetSegmentsRealImage", "test_WidgetCancel", "test_LogicBlocking"} <= set(tests)
+
+
+def _global_names(code) -> set[str]:
+    names = {i.argval for i in dis.get_instructions(code) if i.opname == "LOAD_GLOBAL"}
+    for const in code.co_consts:
+        if hasattr(const, "co_code"):
+            names |= _global_names(const)
+    return names
+
+
+def test_every_global_name_used_in_module_code_exists(stub_slicer_gui):
+    """Catches typos in code paths only the real application runs (a NameError would surface only there)."""
+    module_names = ["HermesSegmentation", "HermesTraining"] + [
+        f"HermesSegmentationLib.{p.stem}" for p in (SEG_DIR / "HermesSegmentationLib").glob("*.py")]
+    for name in module_names:
+        module = importlib.import_module(name)
+        source = Path(module.__file__).read_text(encoding="utf-8")
+        code = compile(source, module.__file__, "exec")
+        unknown = {n for n in _global_names(code) if n not in module.__dict__ and not hasattr(builtins, n)}
+        assert not unknown, f"{name}: undefined global names {sorted(unknown)}"
 
 
 def test_selftest_runner_parses_its_arguments():
