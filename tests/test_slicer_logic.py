@@ -34,8 +34,9 @@ vtk.vtkObject.GlobalWarningDisplayOff()  # harmless headless noise (colour files
 
 CT_IMAGE = DATA / "ct_abdomen_ts" / "imagesTr" / "example_ct_sm_0000.nii.gz"
 MR_IMAGE = DATA / "mr_abdomen_ts" / "imagesTr" / "example_mr_sm_0000.nii.gz"
-# Two tasks that overlap by construction (tumour inside liver): they must survive as separate segments.
-CT_TASKS = ["amos_liver", "lits_liver_tumour"]
+# Two tasks of one dataset (one forward pass per window) that overlap by construction (tumour inside liver):
+# they must survive as separate segments.
+CT_TASKS = ["lits_liver", "lits_liver_tumour"]
 
 
 # ---------------------------------------------------------------------------------------------- fixtures
