@@ -57,23 +57,19 @@ def isProtected(requirement: str) -> bool:
 
 
 def isSatisfied(requirement: str) -> bool:
-    """Installed at an acceptable version (from metadata; no import)."""
-    name = requirementName(requirement)
-    try:
-        installed = importlib.metadata.version(name)
-    except importlib.metadata.PackageNotFoundError:
-        return False
+    """Installed at an acceptable version, or not needed on this platform (from metadata; no import)."""
     try:
         from packaging.requirements import Requirement
-    except ImportError:  # no 'packaging' module: presence is all we can check
-        return True
-    try:
         req = Requirement(requirement)
-    except Exception:  # noqa: BLE001 - an unparsable line: trust presence
-        return True
-    if req.marker is not None and not req.marker.evaluate():
-        return True
-    return req.specifier.contains(installed, prereleases=True)
+    except Exception:  # noqa: BLE001 - no 'packaging' module or an unusual line: presence is all we can check
+        req = None
+    if req is not None and req.marker is not None and not req.marker.evaluate():
+        return True  # e.g. colorama; platform_system == "Windows" on Linux
+    try:
+        installed = importlib.metadata.version(requirementName(requirement))
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    return True if req is None else req.specifier.contains(installed, prereleases=True)
 
 
 def missingRequirements(requirements: list[str]) -> list[str]:
