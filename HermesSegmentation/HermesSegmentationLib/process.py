@@ -69,7 +69,11 @@ def pidAlive(pid: int) -> bool:
             return False
         except PermissionError:
             return True
-        return True
+        try:  # Linux: a killed process whose parent has not reaped it yet is a zombie, i.e. gone
+            with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
+                return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+        except (OSError, IndexError):
+            return True
     out = subprocess.run(["tasklist", "/FI", f"PID eq {pid}", "/NH"], capture_output=True, text=True,
                          creationflags=_CREATE_NO_WINDOW)
     return str(pid) in out.stdout
