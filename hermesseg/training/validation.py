@@ -26,7 +26,7 @@ def predict_volume(network: torch.nn.Module, image: np.ndarray, task_ids: Sequen
     was_training = network.training
     network.eval()
     try:
-        probs = sliding_window_probabilities(network, torch.from_numpy(np.ascontiguousarray(image)),
+        probs = sliding_window_probabilities(network, torch.tensor(np.asarray(image, dtype=np.float32)),
                                              list(task_ids), int(modality_id), tuple(int(p) for p in patch_size),
                                              overlap=overlap, batch_size=1, device=device)
     finally:
