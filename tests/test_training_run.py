@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -20,7 +21,7 @@ from hermesseg.errors import DatasetError
 from hermesseg.model import load_model
 from hermesseg.model_file import read_model_state, weights_fingerprint
 from hermesseg.network import HermesR
-from hermesseg.training import TrainRequest, train
+from hermesseg.training import TrainingInterrupted, TrainRequest, train
 from hermesseg.training.checkpoint import load_checkpoint
 from hermesseg.training.run_files import read_metrics
 from hermesseg.training.validation import dice_per_task, predict_volume
@@ -221,3 +222,37 @@ def test_two_rank_ddp_ends_with_identical_weights(tmp_path, work):
     assert manifest.weights_sha256 == ranks[0]["ema"]
     assert manifest.card["training"]["world_size"] == 2 and manifest.card["training"]["global_batch"] == 4
     assert len(read_metrics(run / "metrics.jsonl")) == 4  # only rank 0 writes the log
+
+
+def test_held_out_case_validation_selects_the_best_ema(tmp_path, work):
+    _, cache = work
+    cfg = {**CONFIG, "iterations": 4, "validate_every": 2, "checkpoint_every": 2, "datasets": {},
+           "split": {"min_cases_to_hold_out": 2, "test_fraction": 0.0}}
+    result = train(TrainRequest(data=[str(require(T1C))], output=str(tmp_path / "v.safetensors"), config=cfg,
+                                cache_dir=str(cache)))
+    splits = json.loads((result.run_dir / "splits.json").read_text())["datasets"]["mr_brain_tumour_t1c"]
+    assert splits["held_out"] is True and len(splits["train"]) == 1 and len(splits["validation"]) == 1
+    rows = [r for r in read_metrics(result.run_dir / "metrics.jsonl") if "validation_dice" in r]
+    assert [r["iteration"] for r in rows] == [2, 4]
+    best = max(rows, key=lambda r: r["validation_dice"])
+    assert result.selected == f"best@{best['iteration']}" and result.validation_dice == best["validation_dice"]
+    manifest, state = read_model_state(result.output)
+    assert weights_fingerprint(load_checkpoint(result.run_dir / "best.pt")["ema"]) == manifest.weights_sha256
+    assert manifest.card["training"]["validation_dice"] == best["validation_dice"]
+
+
+def test_sigterm_stops_after_a_checkpoint_and_the_run_resumes(tmp_path, work):
+    _, cache = work
+    cfg = {**CONFIG, "iterations": 6, "checkpoint_every": 100}
+
+    def terminate(iteration):
+        if iteration == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    request = _request(tmp_path, "stopped", cache, config=cfg)
+    with pytest.raises(TrainingInterrupted, match=r"stopped by SIGTERM after iteration 3; checkpoint written"):
+        train(request, after_iteration=terminate)
+    assert load_checkpoint(tmp_path / "stopped.run" / "checkpoint.pt")["iteration"] == 3
+    assert not (tmp_path / "stopped.safetensors").exists()
+    assert train(TrainRequest(resume=str(tmp_path / "stopped.run"))).iterations == 6
+    assert (tmp_path / "stopped.safetensors").is_file()
