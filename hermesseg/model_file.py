@@ -39,18 +39,19 @@ def expected_shapes(config: HermesRConfig) -> dict[str, tuple[int, ...]]:
     return {k: tuple(v.shape) for k, v in net.state_dict().items()}
 
 
-def check_tensor_layout(shapes: dict[str, tuple[int, ...]], config: HermesRConfig, what: str = "model file") -> None:
-    """Raise ModelFileError naming the first missing, unexpected or mis-shaped tensor."""
+def check_tensor_layout(shapes: dict[str, tuple[int, ...]], config: HermesRConfig, what: str = "model file",
+                        name_of=lambda name: name, error: type[Exception] = ModelFileError) -> None:
+    """Raise ``error`` naming the first missing, unexpected or mis-shaped tensor (named by ``name_of``)."""
     expected = expected_shapes(config)
     for name in expected:
         if name not in shapes:
-            raise ModelFileError(f"{what}: tensor {name!r} is missing")
+            raise error(f"{what}: tensor {name_of(name)!r} is missing")
     for name in shapes:
         if name not in expected:
-            raise ModelFileError(f"{what}: unexpected tensor {name!r}")
+            raise error(f"{what}: unexpected tensor {name_of(name)!r}")
     for name, shape in expected.items():
         if tuple(shapes[name]) != shape:
-            raise ModelFileError(f"{what}: tensor {name!r} has shape {tuple(shapes[name])}, expected {shape}")
+            raise error(f"{what}: tensor {name_of(name)!r} has shape {tuple(shapes[name])}, expected {shape}")
 
 
 def save_model(path: str | os.PathLike, network: HermesR, manifest: Manifest) -> Manifest:

@@ -122,8 +122,8 @@ def test_refuses_a_plain_pickle(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("edit, expected", [
-    ("missing", "tensor 'up4.conv.1.conv2.conv.weight' is missing"),
-    ("unexpected", "unexpected tensor 'up4.conv.9.extra.weight'"),
+    ("missing", "checkpoint: tensor 'up4.conv.1.conv2.conv.weight' is missing"),
+    ("unexpected", "checkpoint: unexpected tensor 'up4.conv.9.extra.weight'"),
     ("misshaped", "tensor 'out.classifier_pred.1.fc2.weight' has shape (8, 4), expected (8, 8)"),
 ])
 def test_refuses_mismatched_tensors(tmp_path, capsys, edit, expected):

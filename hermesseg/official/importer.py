@@ -15,7 +15,7 @@ import torch
 
 from ..errors import CheckpointError
 from ..manifest import LineageRecord, Manifest, architecture_dict
-from ..model_file import expected_shapes, save_model, weights_fingerprint
+from ..model_file import check_tensor_layout, save_model, weights_fingerprint
 from ..network import HermesR, HermesRConfig
 from .key_map import OFFICIAL_NULL_ROW, convert_state_dict, local_to_official_name, strip_prefixes
 from .task_table import OFFICIAL_MODALITIES, official_preprocessing, official_tasks
@@ -100,18 +100,8 @@ def convert_official(state: dict[str, torch.Tensor]) -> HermesR:
     local, unknown = convert_state_dict(state)
     if unknown:
         raise CheckpointError(f"unexpected tensor {unknown[0]!r} in the checkpoint ({len(unknown)} unknown)")
-    expected = expected_shapes(config)
-    for name in expected:
-        if name not in local:
-            raise CheckpointError(f"tensor {local_to_official_name(name)!r} is missing from the checkpoint")
-    for name in local:
-        if name not in expected:
-            raise CheckpointError(f"unexpected tensor {local_to_official_name(name)!r} in the checkpoint")
-    for name, shape in expected.items():
-        if tuple(local[name].shape) != shape:
-            official = local_to_official_name(name)
-            got = tuple(state[official].shape) if official in state else tuple(local[name].shape)
-            raise CheckpointError(f"tensor {official!r} has shape {got}, expected {shape}")
+    check_tensor_layout({k: tuple(v.shape) for k, v in local.items()}, config, what="checkpoint",
+                        name_of=local_to_official_name, error=CheckpointError)
     network = HermesR(config)
     network.load_state_dict(local, strict=True)
     return network.eval()
