@@ -78,6 +78,7 @@ DEFAULTS: dict[str, Any] = {
     "validate_every": 500,  # 0: never (the final EMA model is written)
     "select": "best",  # "best" (highest validation Dice, when there is validation) or "final"
     "num_workers": 2,  # DataLoader worker processes preparing batches
+    "num_threads": None,  # torch CPU threads of the training process; None: torch's default (torchrun sets 1)
     "cache_dir": None,  # preprocessing cache; default $HERMESSEG_CACHE/training or ~/.cache/hermesseg/training
     "debug_rank_fingerprints": False,  # every rank writes rank<r>.json (weights fingerprints) into the run dir
 }
@@ -139,6 +140,8 @@ def resolve_config(user: Mapping[str, Any]) -> dict:
     _check_int(cfg, "seed", 0)
     for key in ("batch_size", "iterations", "checkpoint_every", "log_every"):
         _check_int(cfg, key, 1)
+    if cfg["num_threads"] is not None:
+        _check_int(cfg, "num_threads", 1)
     for key in ("warmup_iterations", "validate_every", "num_workers"):
         _check_int(cfg, key, 0)
     for key in ("lr", "weight_decay", "eps", "min_lr", "grad_clip", "modality_loss_weight", "poly_power"):

@@ -60,6 +60,7 @@ def write_curves(metrics_path: Path, out_path: Path) -> bool:
     """Draw curves.png from metrics.jsonl; False (and a log line) when matplotlib is not installed."""
     try:
         import matplotlib
+        logging.getLogger("matplotlib").setLevel(max(logging.getLogger("matplotlib").level, logging.INFO))
         matplotlib.use("Agg", force=True)
         import matplotlib.pyplot as plt
     except ImportError:
@@ -77,7 +78,7 @@ def write_curves(metrics_path: Path, out_path: Path) -> bool:
         axes[0].set_yscale("log")
         axes[0].legend()
         axes[1].plot(it, [r["lr"] for r in train])
-    axes[0].set_title(f"training loss (moving average)")
+    axes[0].set_title("training loss (moving average)")
     axes[0].set_xlabel("iteration")
     axes[1].set_title("learning rate")
     axes[1].set_xlabel("iteration")

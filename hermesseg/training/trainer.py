@@ -102,6 +102,7 @@ class _Setup:
     init: str | None
     cache_dir: Path
     resumed: bool
+    init_sha256: str | None = None  # the parent's weights fingerprint recorded by the run being resumed
 
 
 def _default_run_dir(output: Path) -> Path:
@@ -152,7 +153,8 @@ def _resolve(request: TrainRequest) -> _Setup:
             cfg["num_workers"] = int(request.num_workers)
         output = Path(request.output) if request.output else Path(run["output"])
         cache_dir = Path(request.cache_dir or run["cache_dir"])
-        return _Setup(cfg, saved.get("user_config", {}), run_dir, output, data, run.get("init"), cache_dir, True)
+        return _Setup(cfg, saved.get("user_config", {}), run_dir, output, data, run.get("init"), cache_dir, True,
+                      run.get("init_weights_sha256"))
 
     if not request.output:
         raise TrainingConfigError("-o MODEL is required (the model file to write)")
@@ -308,6 +310,8 @@ def train(request: TrainRequest, after_iteration: Callable[[int], None] | None =
 def _train(request: TrainRequest, ctx: DistContext, after_iteration) -> TrainResult:
     setup = _resolve(request)
     cfg = setup.cfg
+    if cfg["num_threads"]:
+        torch.set_num_threads(int(cfg["num_threads"]))
     _check_output(setup.output)
     parent_model = None
     if setup.init:
@@ -315,6 +319,10 @@ def _train(request: TrainRequest, ctx: DistContext, after_iteration) -> TrainRes
             parent_model = load_model(setup.init)
         except ModelFileError as e:
             raise ModelFileError(f"--init: {e}") from None
+        if setup.resumed and parent_model.manifest.weights_sha256 != setup.init_sha256:
+            raise ResumeError(f"the parent model {setup.init} has changed since the run started (weights "
+                              f"{str(parent_model.manifest.weights_sha256)[:12]}, run recorded "
+                              f"{str(setup.init_sha256)[:12]})")
 
     model_modalities = ([m.name for m in parent_model.manifest.modalities] if parent_model
                         else list(cfg["modalities"]))
@@ -394,7 +402,9 @@ def _train(request: TrainRequest, ctx: DistContext, after_iteration) -> TrainRes
 
     model: torch.nn.Module = network
     if ctx.enabled:
-        model = DistributedDataParallel(network, device_ids=[device.index] if device.type == "cuda" else None)
+        # Without mask_padding (an imported official parent) a batch with no padded slot leaves the null token unused.
+        model = DistributedDataParallel(network, device_ids=[device.index] if device.type == "cuda" else None,
+                                        find_unused_parameters=not network.config.mask_padding)
 
     sources = [Source(d.name, float(cfg["datasets"].get(d.name, {}).get("weight", 1.0)), query[d.name],
                       modality_ids[d.model_modality],
@@ -492,7 +502,8 @@ def _train(request: TrainRequest, ctx: DistContext, after_iteration) -> TrainRes
     final_state = ema.state_dict()
     if cfg["select"] == "best" and best is not None and best_path.is_file():
         best_payload = load_checkpoint(best_path)
-        final_state, selected, val_dice = best_payload["ema"], f"best@{best['iteration']}", best["dice"]
+        record = best_payload["best"]  # best.pt may be newer than the checkpoint a resumed run started from
+        final_state, selected, val_dice = best_payload["ema"], f"best@{record['iteration']}", record["dice"]
     out_net = HermesR(network.config)
     out_net.load_state_dict({k: v.detach().cpu() for k, v in final_state.items()})
     manifest = _manifest(setup, mp, datasets, splits, plan, iteration, ctx, selected, val_dice, last_parts)
