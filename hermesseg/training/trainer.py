@@ -434,7 +434,7 @@ def _train(request: TrainRequest, ctx: DistContext, after_iteration) -> TrainRes
     iteration = start
     with _stop_on_signals(flag):
         loader = batch_loader(sampler, start, total, int(cfg["num_workers"]))
-        t_last = time.time()
+        t_last, logged = time.time(), start  # "time" = mean seconds per iteration since the previous record
         for i, batch in zip(range(start, total), loader):
             stream.update(repr(batch["where"]).encode())
             lr = lr_at(i, cfg)
@@ -466,8 +466,9 @@ def _train(request: TrainRequest, ctx: DistContext, after_iteration) -> TrainRes
                           "modality_ce": float(stats[3])}
             if metrics and (iteration % cfg["log_every"] == 0 or iteration == total or iteration == start + 1):
                 metrics.write({"iteration": iteration, **last_parts, "lr": lr, "grad_norm": grad_norm,
-                               "time": round(now - t_last, 4), "elapsed": round(now - t_start, 2)})
-            t_last = now
+                               "time": round((now - t_last) / (iteration - logged), 4),
+                               "elapsed": round(now - t_start, 2)})
+                t_last, logged = now, iteration
             if cfg["validate_every"] and val_cases and (iteration % cfg["validate_every"] == 0 or iteration == total):
                 if ctx.is_main:
                     result = evaluate_cases(ema.module, val_cases, lambda name: query[name],
