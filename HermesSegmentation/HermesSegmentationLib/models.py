@@ -1,8 +1,7 @@
 """The model catalogue: which Hermes model files exist and what they hold.
 
-- the embedded default model shipped inside the engine package (``$HERMESSEG_MODEL``, else
-  ``hermesseg/resources/*.safetensors``, the rule of ``hermesseg.default_model.default_model_path``), found by
-  looking at files: importing ``hermesseg`` would import torch into Slicer's process;
+- the embedded default model (``$HERMESSEG_MODEL``, else ``hermesseg/resources/`` or ``Resources/Models/`` beside
+  the package: the rule of ``hermesseg.default_model.default_model_path``), found by looking at files: importing ``hermesseg`` would import torch into Slicer's process;
 - the user's models folder (``$HERMESSEG_MODELS_DIR``, else ``~/.hermesseg/models``): official checkpoints imported
   with the model manager, models trained by HermesTraining, files the user copies there;
 - any other file the user picks.
@@ -51,12 +50,11 @@ def defaultModelPath() -> Path | None:
     folder = engine.enginePackageFolder()
     if folder is None:
         return None
-    resources = folder / engine.PACKAGE / "resources"
-    preferred = resources / DEFAULT_MODEL_FILE
-    if preferred.is_file():
-        return preferred
-    found = sorted(resources.glob(f"*{MODEL_SUFFIX}")) if resources.is_dir() else []
-    return found[0] if found else None
+    for resources in (folder / engine.PACKAGE / "resources", folder / "Resources" / "Models"):
+        preferred = resources / DEFAULT_MODEL_FILE
+        if preferred.is_file():
+            return preferred
+    return None
 
 
 def listModels(extraFolders: list[Path] | None = None) -> list[ModelEntry]:
