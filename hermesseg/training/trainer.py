@@ -17,13 +17,11 @@ current iteration, after a checkpoint, with exit status 130; ``--resume RUN_DIR`
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import hashlib
 import json
 import logging
 import signal
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +40,7 @@ from ..model_file import save_model, weights_fingerprint
 from ..network import HermesR, HermesRConfig
 from ..official.task_table import OFFICIAL_MODALITIES
 from ..preprocessing import IntensityNorm, Preprocessing
+from ..signals import stop_signal_handler
 from ..terminology import terminology_for
 from .cache import build_cache, default_cache_dir
 from .checkpoint import ResumeError, load_checkpoint, rng_state, save_checkpoint, set_rng_state
@@ -278,23 +277,15 @@ def _unwrap(net: torch.nn.Module) -> HermesR:
     return net.module if isinstance(net, DistributedDataParallel) else net
 
 
-@contextlib.contextmanager
 def _stop_on_signals(flag: dict):
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
+    """The first signal asks for a stop after the current iteration's checkpoint; a second one stops now."""
 
     def handler(signum, frame):
         if flag.get("stop"):
-            raise KeyboardInterrupt  # a second signal: stop now
+            raise KeyboardInterrupt
         flag["stop"] = signal.Signals(signum).name
 
-    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for s, h in previous.items():
-            signal.signal(s, h)
+    return stop_signal_handler(handler)
 
 
 def train(request: TrainRequest, after_iteration: Callable[[int], None] | None = None) -> TrainResult:
