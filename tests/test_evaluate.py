@@ -68,3 +68,17 @@ def test_evaluate_refuses_a_dataset_without_matching_tasks(tmp_path, capsys):
     code = main(["evaluate", str(model), "--data", str(require(DATA / "mr_breast_lesion"))])
     assert code != 0
     assert "none of its labels matches a task of the model" in capsys.readouterr().err
+
+
+def test_split_selection_reads_a_training_runs_splits_file(tmp_path):
+    from hermesseg.evaluation.evaluate import cases_for_split
+    from hermesseg.errors import DatasetError
+    from hermesseg.training.datasets import read_dataset
+
+    _, cases = read_dataset(require(DATA / "mr_brain_tumour_t1c"))
+    run_splits = {"format": 1, "seed": 0, "datasets": {"mr_brain_tumour_t1c": {
+        "train": ["brain2"], "validation": [], "test": ["brain1"]}}}
+    assert [c.name for c in cases_for_split("mr_brain_tumour_t1c", cases, "test", run_splits)] == ["brain1"]
+    assert [c.name for c in cases_for_split("mr_brain_tumour_t1c", cases, "all", None)] == ["brain1", "brain2"]
+    with pytest.raises(DatasetError, match="no 'test' split for dataset 'other'"):
+        cases_for_split("other", cases, "test", run_splits)

@@ -73,7 +73,7 @@ def cases_for_split(dataset: str, cases: list, split: str, splits: dict | None) 
         return cases
     if splits is None:
         raise DatasetError(f"--split {split} needs a splits file (a training run's splits.json) or --split all")
-    entry = splits.get(dataset)
+    entry = splits.get("datasets", splits).get(dataset)  # a run's splits.json, or {dataset: splits}
     if entry is None or split not in entry:
         raise DatasetError(f"the splits file has no {split!r} split for dataset {dataset!r}")
     names = set(entry[split])
