@@ -23,7 +23,8 @@ def hermesseg(*args: str) -> None:
     subprocess.run([sys.executable, "-m", "hermesseg.cli", *args], check=True)
 
 
-def train_and_evaluate(name: str, data: list[Path], config: Path, iterations: int, out: Path) -> dict:
+def train_and_evaluate(name: str, data: list[Path], config: Path, iterations: int, out: Path,
+                       overlap: float) -> dict:
     run = out / name
     model = out / f"{name}.safetensors"
     start = time.perf_counter()
@@ -33,7 +34,7 @@ def train_and_evaluate(name: str, data: list[Path], config: Path, iterations: in
     trained = time.perf_counter() - start
     report = out / f"{name}.eval.json"
     hermesseg("evaluate", str(model), "--data", *map(str, data), "--split", "test", "--splits",
-              str(run / "splits.json"), "--json", str(report))
+              str(run / "splits.json"), "--json", str(report), "--overlap", str(overlap))
     return {"report": json.loads(report.read_text()), "train_seconds": trained}
 
 
@@ -43,10 +44,12 @@ def main() -> int:
     p.add_argument("--config", type=Path, default=Path(__file__).with_name("universal_benchmark_config.json"))
     p.add_argument("--iterations", type=int, default=300)
     p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--overlap", type=float, default=0.5, help="sliding-window overlap for the evaluation")
     args = p.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    universal = train_and_evaluate("universal", args.data, args.config, args.iterations, args.out)
-    specialists = {d.name: train_and_evaluate(f"specialist_{d.name}", [d], args.config, args.iterations, args.out)
+    universal = train_and_evaluate("universal", args.data, args.config, args.iterations, args.out, args.overlap)
+    specialists = {d.name: train_and_evaluate(f"specialist_{d.name}", [d], args.config, args.iterations, args.out,
+                                              args.overlap)
                    for d in args.data}
     rows = ["| dataset | test cases | universal Dice | specialist Dice | difference |", "|---|---|---|---|---|"]
     u = universal["report"]["per_dataset"]

@@ -22,6 +22,7 @@ def register(sub) -> None:
     p.add_argument("--task-map", type=Path, help="JSON {\"dataset/label\": \"task name\"} for labels named otherwise")
     p.add_argument("--json", type=Path, help="write the full report here (and a markdown table beside it)")
     p.add_argument("--fast", action="store_true")
+    p.add_argument("--overlap", type=float, default=0.5, help="sliding-window overlap in [0, 1) (default 0.5)")
     p.add_argument("--device", default="auto", choices=DEVICES)
     p.set_defaults(func=run)
 
@@ -36,9 +37,11 @@ def _read_json(path: Path | None, what: str):
 
 
 def run(args) -> int:
+    if not 0.0 <= args.overlap < 1.0:
+        raise HermesError(f"--overlap must be in [0, 1), got {args.overlap}")
     model = load_model(args.model, device=resolve_device(args.device))
     report = evaluate(model, args.data, args.split, _read_json(args.splits, "splits file"),
-                      _read_json(args.task_map, "task map"), InferenceOptions(fast=args.fast),
+                      _read_json(args.task_map, "task map"), InferenceOptions(fast=args.fast, overlap=args.overlap),
                       progress=lambda m: print(f"evaluating {m}", file=sys.stderr))
     write_report(report, args.json)
     print(report.markdown())
