@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterator
 
+from .cache_paths import cache_root
 from .errors import HermesError
 
 __all__ = ["SAMPLES", "SampleError", "SampleEntry", "SampleFile", "Archive", "Member", "fetch_sample",
@@ -292,12 +293,7 @@ SAMPLES: dict[str, SampleEntry] = {
 
 def default_cache_dir() -> Path:
     """``$HERMESSEG_CACHE/samples``, else ``$XDG_CACHE_HOME/hermesseg/samples``, else ``~/.cache/hermesseg/samples``."""
-    root = os.environ.get("HERMESSEG_CACHE")
-    if root:
-        return Path(root).expanduser() / "samples"
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
-    return base / "hermesseg" / "samples"
+    return cache_root("samples")
 
 
 def _resolve_cache(cache_dir: str | os.PathLike | None) -> Path:

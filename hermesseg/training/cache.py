@@ -29,6 +29,7 @@ from typing import Mapping, Sequence
 import numpy as np
 import SimpleITK as sitk
 
+from ..cache_paths import cache_root
 from ..atomic import atomic_path
 from ..errors import DatasetError, InputImageError
 from ..imageio import read_image
@@ -43,12 +44,7 @@ MAX_FOREGROUND_POINTS = 20000
 
 def default_cache_dir() -> Path:
     """``$HERMESSEG_CACHE/training``, else ``$XDG_CACHE_HOME/hermesseg/training``, else ``~/.cache/hermesseg/training``."""
-    root = os.environ.get("HERMESSEG_CACHE")
-    if root:
-        return Path(root).expanduser() / "training"
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
-    return base / "hermesseg" / "training"
+    return cache_root("training")
 
 
 def _file_identity(path: Path) -> dict:
