@@ -18,7 +18,6 @@ COMMAND_MODULES = (
     "segment_command",
     "train_command",
     "evaluate_command",
-    "add_task_command",
 )
 
 

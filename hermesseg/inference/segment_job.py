@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -48,7 +50,7 @@ def _write(prediction, path: Path, request: SegmentRequest, report, modality: st
     record = {"input": str(path), "modality": modality, "segmentation": str(seg_path), "masks": [],
               "probabilities": [], "tasks": [t.name for t in prediction.tasks]}
     extra = request.nifti or request.probabilities
-    folder_ctx = atomic_folder(request.output_dir / stem) if extra else _no_folder()
+    folder_ctx = atomic_folder(request.output_dir / stem) if extra else contextlib.nullcontext()
     with folder_ctx as folder:
         for k, (task, prob, mask) in enumerate(prediction.on_input_grid()):
             writer.add(task, mask)
@@ -63,11 +65,3 @@ def _write(prediction, path: Path, request: SegmentRequest, report, modality: st
         writer.write(seg_path)
     report("write", 1.0, f"wrote {seg_path.name}")
     return record
-
-
-class _no_folder:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
