@@ -12,7 +12,7 @@ from ..imageio import expand_inputs
 from ..inference.cancel import cancel_on_signals
 from ..inference.outputs import check_writable
 from ..inference.pipeline import InferenceOptions
-from ..inference.progress import Progress
+from ..progress import Progress
 from ..inference.segment_job import SegmentRequest, segment_inputs
 from ..model import load_model
 
@@ -62,6 +62,8 @@ def run(args) -> int:
     except HermesError as e:
         progress.error(str(e))
         raise
+    finally:
+        progress.close()  # whatever ends the run, the bar is gone before the CLI prints its line
     progress.done(outputs, f"segmented {len(outputs)} image(s)")
     if args.progress != "json":
         for o in outputs:

@@ -12,7 +12,7 @@ from ..model import HermesModel
 from .modality_guess import guess_modality
 from .outputs import SegmentationWriter, atomic_folder, write_map
 from .pipeline import InferenceOptions, predict
-from .progress import Progress
+from ..progress import Progress
 
 
 @dataclass
