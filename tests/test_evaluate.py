@@ -73,7 +73,7 @@ def test_evaluate_refuses_a_dataset_without_matching_tasks(tmp_path, capsys):
 def test_split_selection_reads_a_training_runs_splits_file(tmp_path):
     from hermesseg.evaluation.evaluate import cases_for_split
     from hermesseg.errors import DatasetError
-    from hermesseg.training.datasets import read_dataset
+    from hermesseg.nnunet import read_dataset
 
     _, cases = read_dataset(require(DATA / "mr_brain_tumour_t1c"))
     run_splits = {"format": 1, "seed": 0, "datasets": {"mr_brain_tumour_t1c": {

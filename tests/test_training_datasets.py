@@ -16,7 +16,7 @@ import SimpleITK as sitk
 from hermesseg.cli import main
 from hermesseg.errors import DatasetError
 from hermesseg.training import TrainRequest, train
-from hermesseg.training.datasets import load_datasets, plan_tasks
+from hermesseg.nnunet import load_datasets, plan_tasks
 
 from paths import DATA, require
 

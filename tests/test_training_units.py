@@ -15,7 +15,7 @@ from hermesseg.training.augment import augment_intensity, apply_affine, draw_aff
 from hermesseg.training.cache import build_cache
 from hermesseg.training.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from hermesseg.training.config import DEFAULTS, TrainingConfigError, resolve_config
-from hermesseg.training.datasets import Case, Dataset, load_datasets, plan_tasks
+from hermesseg.nnunet import Case, Dataset, load_datasets, plan_tasks
 from hermesseg.training.loss import hermes_loss
 from hermesseg.training.optim import EMA, Lamb, lr_at
 from hermesseg.training.sampling import PatchSampler, Source, crop, make_targets

@@ -15,7 +15,7 @@ from ..errors import DatasetError, QueryError
 from ..imageio import read_image
 from ..inference.pipeline import InferenceOptions, predict
 from ..model import HermesModel
-from ..training.datasets import read_dataset
+from ..nnunet import read_dataset
 from .metrics import dice, hd95
 
 

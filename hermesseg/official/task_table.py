@@ -3,18 +3,11 @@
 from __future__ import annotations
 
 from ..colors import color_for
-from ..manifest import ModalityEntry, TaskEntry
+from ..manifest import TaskEntry
+from ..modalities import KNOWN_MODALITIES
 from ..terminology import terminology_for
 
-# Rows of the official modality table. Row 5 is what the reference reaches with id -1 (AMOS-MR: sequence unknown).
-OFFICIAL_MODALITIES = [
-    ModalityEntry(0, "CT", "Computed tomography (HU)", ["CT"]),
-    ModalityEntry(1, "PET", "FDG PET, SUV", ["PT"]),
-    ModalityEntry(2, "MR-T1", "T1-weighted MR", ["MR"]),
-    ModalityEntry(3, "MR-T2", "T2-weighted MR", ["MR"]),
-    ModalityEntry(4, "MR-cine", "Cine cardiac MR", ["MR"]),
-    ModalityEntry(5, "MR", "MR, sequence unknown (AMOS-MR)", ["MR"]),
-]
+OFFICIAL_MODALITIES = KNOWN_MODALITIES
 
 _AMOS = ["spleen", "kidney_right", "kidney_left", "gallbladder", "esophagus", "liver", "stomach", "aorta",
          "inferior_vena_cava", "pancreas", "adrenal_gland_right", "adrenal_gland_left", "duodenum",

@@ -33,7 +33,7 @@ from ..atomic import atomic_path
 from ..errors import DatasetError, InputImageError
 from ..imageio import read_image
 from ..preprocessing import IntensityNorm, normalize_intensity, resample_label_to_grid, to_model_grid
-from .datasets import Case, Dataset, DatasetTasks
+from ..nnunet import Case, Dataset, DatasetTasks
 
 log = logging.getLogger(__name__)
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from ..errors import HermesError
+from ..modalities import KNOWN_MODALITIES
 from ..network import HermesRConfig
 from ..preprocessing import IntensityNorm
 
@@ -26,7 +27,7 @@ class TrainingConfigError(HermesError):
 # Model modalities of a fresh model: the names of the official modality table, so models trained here and imported
 # official models speak the same modality language (a dataset's modality string must equal one of them, or be
 # mapped onto one with ``modality_map``).
-DEFAULT_MODALITIES = ["CT", "PET", "MR-T1", "MR-T2", "MR-cine", "MR"]
+DEFAULT_MODALITIES = [m.name for m in KNOWN_MODALITIES]
 
 DEFAULTS: dict[str, Any] = {
     "name": "hermes-r-custom",
@@ -86,13 +87,6 @@ DEFAULTS: dict[str, Any] = {
 DATASET_DEFAULTS: dict[str, Any] = {"weight": 1.0, "group": None, "tasks": {}, "split_group_pattern": None}
 
 _FORBIDDEN_ARCH = {"num_task_rows", "num_modalities"}
-
-
-def default_intensity(modality: str) -> dict:
-    """CT: clip to [-991, 500] HU then z-score on the body (spec 5); anything else: clip to [p2, p98], z-score."""
-    if modality.upper() == "CT":
-        return IntensityNorm("ct_clip_zscore").to_dict()
-    return IntensityNorm("percentile_clip_zscore").to_dict()
 
 
 def load_config_file(path: str | Path | None) -> dict:

@@ -98,11 +98,12 @@ class EMA:
 
     @torch.no_grad()
     def update(self, module: nn.Module, step: int) -> None:
+        """Average the trainable parameters; frozen ones are left alone (``d*w + (1-d)*w`` is not always ``w`` in
+        floating point, and frozen weights must keep their exact bytes)."""
         d = self.decay(step)
-        ema_params = list(self.module.parameters())
-        params = [p.detach() for p in module.parameters()]
-        for e, p in zip(ema_params, params):
-            e.mul_(d).add_(p, alpha=1.0 - d)
+        for e, p in zip(self.module.parameters(), module.parameters()):
+            if p.requires_grad:
+                e.mul_(d).add_(p.detach(), alpha=1.0 - d)
         for e, b in zip(self.module.buffers(), module.buffers()):
             e.copy_(b)
 

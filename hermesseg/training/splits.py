@@ -22,7 +22,7 @@ import numpy as np
 
 from ..atomic import atomic_path
 from ..errors import DatasetError
-from .datasets import Dataset
+from ..nnunet import Dataset
 
 SPLITS_FORMAT = "hermes-train-splits"
 

@@ -1,6 +1,7 @@
 """`hermesseg train`: from nnU-Net v2 dataset folders to a Hermes model file, resumable and data-parallel.
 
-Order of work (nothing is written before every input has been checked):
+A composition of the shared parts (run set-up, model plan, loop, model card). Order of work (nothing is written
+before every input has been checked):
 
 1. resolve the configuration (``--resume``: the run directory's ``config.json``) and the parent model (``--init``);
 2. read and validate every dataset and case (DatasetError names dataset and case), plan the tasks;
@@ -17,13 +18,12 @@ current iteration, after a checkpoint, with exit status 130; ``--resume RUN_DIR`
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import logging
 import signal
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -32,51 +32,34 @@ from torch.nn.parallel import DistributedDataParallel
 
 from .. import __version__
 from ..atomic import atomic_path
-from ..colors import color_for
-from ..errors import HermesError, ModelFileError, OutputError
-from ..manifest import LineageRecord, Manifest, ModalityEntry, TaskEntry, architecture_dict
-from ..model import load_model
+from ..errors import HermesError
+from ..manifest import Manifest
 from ..model_file import save_model, weights_fingerprint
-from ..network import HermesR, HermesRConfig
-from ..official.task_table import OFFICIAL_MODALITIES
-from ..preprocessing import IntensityNorm, Preprocessing
+from ..network import HermesR
+from ..nnunet import load_datasets, plan_tasks
 from ..signals import stop_signal_handler
-from ..terminology import terminology_for
-from .cache import build_cache, default_cache_dir
+from .cache import build_cache
 from .checkpoint import ResumeError, load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from .config import TrainingConfigError, default_intensity, load_config_file, resolve_config
-from .datasets import Dataset, TaskPlan, load_datasets, plan_tasks
 from .distributed import DistContext, init_distributed
-from .loss import hermes_loss
-from .optim import EMA, build_optimizer, lr_at, set_lr
+from .loop import Step, all_parameters, prepare_optimisation, run_iterations
+from .model_card import training_manifest
+from .model_plan import plan_from_parent, plan_new_model
+from .optim import lr_at
 from .run_files import MetricsLog, truncate_metrics, write_curves
-from .sampling import PatchSampler, Source, batch_loader, make_targets
+from .run_setup import RUN_CONFIG_FORMAT, TrainRequest, check_output, load_parent, resolve_run
+from .sampling import PatchSampler, Source
 from .splits import make_splits, read_splits, write_splits
 from .validation import evaluate_cases
 
 log = logging.getLogger(__name__)
 
-RUN_CONFIG_FORMAT = "hermes-train-run"
+__all__ = ["TrainRequest", "TrainResult", "TrainingInterrupted", "train"]
 
 
 class TrainingInterrupted(HermesError):
     """Training stopped on a signal after writing a checkpoint; the run can be resumed."""
 
     exit_code = 130
-
-
-@dataclass
-class TrainRequest:
-    data: list[str] = field(default_factory=list)
-    output: str | None = None
-    config: str | dict | None = None  # JSON file path or an already-parsed dict
-    init: str | None = None
-    resume: str | None = None
-    run_dir: str | None = None
-    iterations: int | None = None
-    device: str = "auto"
-    cache_dir: str | None = None
-    num_workers: int | None = None
 
 
 @dataclass
@@ -87,194 +70,6 @@ class TrainResult:
     selected: str
     validation_dice: float | None
     manifest: Manifest
-
-
-# ---------------------------------------------------------------------------------------------------- set-up
-
-@dataclass
-class _Setup:
-    cfg: dict
-    user_cfg: dict
-    run_dir: Path
-    output: Path
-    data: list[str]
-    init: str | None
-    cache_dir: Path
-    resumed: bool
-    init_sha256: str | None = None  # the parent's weights fingerprint recorded by the run being resumed
-
-
-def _default_run_dir(output: Path) -> Path:
-    name = output.name
-    for suffix in (".safetensors", ".hermes"):
-        if name.endswith(suffix):
-            name = name[: -len(suffix)]
-    return output.with_name(name + ".run")
-
-
-def _check_output(output: Path) -> None:
-    if output.is_dir():
-        raise OutputError(f"-o {output} is a folder; give the model file to write (e.g. model.safetensors)")
-    parent = output.parent
-    while not parent.exists() and parent != parent.parent:
-        parent = parent.parent
-    if not parent.is_dir():
-        raise OutputError(f"cannot create {output}: {parent} is not a folder")
-
-
-def _resolve(request: TrainRequest) -> _Setup:
-    if request.resume:
-        run_dir = Path(request.resume)
-        cfg_path = run_dir / "config.json"
-        if not cfg_path.is_file():
-            raise ResumeError(f"{run_dir} is not a training run directory (no config.json)")
-        if request.config is not None:
-            raise TrainingConfigError("--config cannot be combined with --resume: a resumed run keeps its "
-                                      f"configuration ({cfg_path})")
-        try:
-            saved = json.loads(cfg_path.read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            raise ResumeError(f"{cfg_path} is not readable ({e})") from None
-        if saved.get("format") != RUN_CONFIG_FORMAT:
-            raise ResumeError(f"{cfg_path} is not a Hermes training run configuration")
-        cfg = resolve_config(saved["config"])
-        run = saved["run"]
-        data = [str(Path(p).resolve()) for p in request.data] if request.data else list(run["data"])
-        if sorted(data) != sorted(run["data"]):
-            raise ResumeError(f"--data differs from the run being resumed ({', '.join(run['data'])})")
-        if request.init and str(Path(request.init).resolve()) != run.get("init"):
-            raise ResumeError(f"--init differs from the run being resumed ({run.get('init')})")
-        if request.iterations is not None and request.iterations != cfg["iterations"]:
-            log.warning("iterations changed from %d to %d: the learning-rate schedule is recomputed for the new "
-                        "length", cfg["iterations"], request.iterations)
-            cfg["iterations"] = int(request.iterations)
-        if request.num_workers is not None:
-            cfg["num_workers"] = int(request.num_workers)
-        output = Path(request.output) if request.output else Path(run["output"])
-        cache_dir = Path(request.cache_dir or run["cache_dir"])
-        return _Setup(cfg, saved.get("user_config", {}), run_dir, output, data, run.get("init"), cache_dir, True,
-                      run.get("init_weights_sha256"))
-
-    if not request.output:
-        raise TrainingConfigError("-o MODEL is required (the model file to write)")
-    if isinstance(request.config, dict):
-        user = copy.deepcopy(request.config)
-    else:
-        user = load_config_file(request.config)
-    if request.iterations is not None:
-        user["iterations"] = int(request.iterations)
-    if request.num_workers is not None:
-        user["num_workers"] = int(request.num_workers)
-    if request.cache_dir is not None:
-        user["cache_dir"] = str(request.cache_dir)
-    cfg = resolve_config(user)
-    output = Path(request.output)
-    run_dir = Path(request.run_dir) if request.run_dir else _default_run_dir(output)
-    if (run_dir / "config.json").exists() or (run_dir / "checkpoint.pt").exists():
-        raise OutputError(f"{run_dir} already holds a training run; continue it with --resume {run_dir} or choose "
-                          f"another --run-dir")
-    if run_dir.exists() and not run_dir.is_dir():
-        raise OutputError(f"--run-dir {run_dir} is a file")
-    cache_dir = Path(cfg["cache_dir"]).expanduser() if cfg["cache_dir"] else default_cache_dir()
-    data = [str(Path(p).resolve()) for p in request.data]
-    init = str(Path(request.init).resolve()) if request.init else None
-    return _Setup(cfg, user, run_dir, output, data, init, cache_dir, False)
-
-
-@dataclass
-class _ModelPlan:
-    network: HermesR
-    modalities: list[ModalityEntry]
-    preprocessing: Preprocessing
-    task_ids: dict[str, int]  # task name -> model row
-    tasks: list[TaskEntry]  # the manifest's task table (inherited + new)
-    new_tasks: list[str]
-    parent: Manifest | None
-
-
-def _modality_entries(names: list[str]) -> list[ModalityEntry]:
-    official = {m.name.lower(): m for m in OFFICIAL_MODALITIES}
-    out = []
-    for i, name in enumerate(names):
-        known = official.get(name.lower())
-        if known is not None:
-            out.append(ModalityEntry(i, name, known.description, list(known.dicom)))
-        else:
-            dicom = ["CT"] if name.upper().startswith("CT") else ["PT"] if name.upper().startswith("PET") else \
-                ["MR"] if name.upper().startswith("MR") else []
-            out.append(ModalityEntry(i, name, "", dicom))
-    return out
-
-
-def _plan_model(setup: _Setup, plan: TaskPlan, parent_model) -> _ModelPlan:
-    cfg = setup.cfg
-    if parent_model is None:
-        names = list(cfg["modalities"])
-        arch = HermesRConfig.from_dict({**cfg["architecture"], "num_task_rows": len(plan.tasks),
-                                        "num_modalities": len(names)})
-        torch.manual_seed(int(cfg["seed"]))
-        network = HermesR(arch)
-        intensity = {}
-        for m in names:
-            intensity[m] = IntensityNorm.from_dict(cfg["intensity"].get(m) or default_intensity(m))
-        try:
-            pre = Preprocessing(spacing=cfg["spacing"], intensity=intensity, patch_size=cfg["patch_size"])
-        except ValueError as e:
-            raise TrainingConfigError(f"preprocessing: {e}") from None
-        tasks, ids = [], {}
-        for i, spec in enumerate(plan.tasks):
-            ids[spec.name] = i
-            tasks.append(TaskEntry(id=i, name=spec.name, group=spec.group, modalities=list(spec.modalities),
-                                   color=color_for(spec.structure), terminology=terminology_for(spec.structure),
-                                   description=f"{spec.structure.replace('_', ' ')} as annotated in "
-                                               f"{', '.join(spec.datasets)}"))
-        return _ModelPlan(network, _modality_entries(names), pre, ids, tasks, [t.name for t in tasks], None)
-
-    manifest = parent_model.manifest
-    network = parent_model.network.cpu().train()
-    if not network.config.mask_padding:
-        log.warning("the parent model has mask_padding off (an imported official model): padded query slots are "
-                    "visible to attention, so outputs depend on the batch composition (spec 1.7)")
-    for key in ("architecture", "spacing", "intensity", "modalities", "patch_size"):
-        if key in setup.user_cfg:
-            log.warning("config %r is ignored with --init: the parent model's value is kept", key)
-    pre = Preprocessing.from_dict(manifest.preprocessing)
-    tasks = [copy.deepcopy(t) for t in manifest.tasks]
-    by_name = {t.name: t for t in tasks}
-    ids = {t.name: t.id for t in tasks}
-    new = [spec for spec in plan.tasks if spec.name not in by_name]
-    task_init = setup.cfg["task_init"]
-    for name, source in task_init.items():
-        if name not in {s.name for s in new}:
-            raise TrainingConfigError(f"task_init[{name!r}]: not a new task of this run")
-        if source not in ids:
-            raise TrainingConfigError(f"task_init[{name!r}]: the parent model has no task {source!r}")
-    mean_init = [s for s in new if s.name not in task_init]
-    copied = [s for s in new if s.name in task_init]
-    new_ids: list[int] = []
-    if mean_init:
-        new_ids += network.append_task_rows(len(mean_init))
-    if copied:
-        new_ids += network.append_task_rows(len(copied), init_from=[ids[task_init[s.name]] for s in copied])
-    for spec, row in zip(mean_init + copied, new_ids):
-        ids[spec.name] = row
-        entry = TaskEntry(id=row, name=spec.name, group=spec.group, modalities=list(spec.modalities),
-                          color=color_for(spec.structure), terminology=terminology_for(spec.structure),
-                          description=f"{spec.structure.replace('_', ' ')} as annotated in {', '.join(spec.datasets)}")
-        tasks.append(entry)
-        by_name[spec.name] = entry
-    for spec in plan.tasks:
-        entry = by_name[spec.name]
-        for m in spec.modalities:
-            if m not in entry.modalities:
-                entry.modalities.append(m)
-    return _ModelPlan(network, list(manifest.modalities), pre, ids, tasks, [s.name for s in new], manifest)
-
-
-# ---------------------------------------------------------------------------------------------------- training
-
-def _unwrap(net: torch.nn.Module) -> HermesR:
-    return net.module if isinstance(net, DistributedDataParallel) else net
 
 
 def _stop_on_signals(flag: dict):
@@ -288,55 +83,26 @@ def _stop_on_signals(flag: dict):
     return stop_signal_handler(handler)
 
 
-def train(request: TrainRequest, after_iteration: Callable[[int], None] | None = None) -> TrainResult:
+def train(request: TrainRequest, after_iteration: Callable[[int], None] | None = None,
+          progress=None) -> TrainResult:
     """Run (or resume) a training job; see the module docstring. ``after_iteration(n)`` is called on every rank
-    after iteration ``n`` (1-based) has been logged and checkpointed (tests use it to simulate crashes)."""
+    after iteration ``n`` (1-based) has been logged and checkpointed (tests use it to simulate crashes).
+    ``progress`` (a ``hermesseg.progress.Progress``) gets one event per logged iteration on rank 0."""
     ctx = init_distributed(request.device)
     try:
-        return _train(request, ctx, after_iteration)
+        return _train(request, ctx, after_iteration, progress)
     finally:
         ctx.close()
 
 
-def _train(request: TrainRequest, ctx: DistContext, after_iteration) -> TrainResult:
-    setup = _resolve(request)
-    cfg = setup.cfg
-    if cfg["num_threads"]:
-        torch.set_num_threads(int(cfg["num_threads"]))
-    _check_output(setup.output)
-    parent_model = None
-    if setup.init:
-        try:
-            parent_model = load_model(setup.init)
-        except ModelFileError as e:
-            raise ModelFileError(f"--init: {e}") from None
-        if setup.resumed and parent_model.manifest.weights_sha256 != setup.init_sha256:
-            raise ResumeError(f"the parent model {setup.init} has changed since the run started (weights "
-                              f"{str(parent_model.manifest.weights_sha256)[:12]}, run recorded "
-                              f"{str(setup.init_sha256)[:12]})")
-
-    model_modalities = ([m.name for m in parent_model.manifest.modalities] if parent_model
-                        else list(cfg["modalities"]))
-    datasets = load_datasets(setup.data, model_modalities, cfg["modality_map"],
-                             inherited_modalities=parent_model is not None)
-    plan = plan_tasks(datasets, cfg["datasets"])
-    mp = _plan_model(setup, plan, parent_model)
-    modality_ids = {m.name: m.id for m in mp.modalities}
-
-    splits_path = setup.run_dir / "splits.json"
-    if setup.resumed and splits_path.is_file():
-        splits = read_splits(splits_path, datasets)
-    else:
-        splits = make_splits(datasets, int(cfg["seed"]), cfg["split"], cfg["datasets"])
-    needed = {name: entry["train"] + entry["validation"] for name, entry in splits["datasets"].items()}
-
-    norms = {m: mp.preprocessing.norm_for(m) for m in {d.model_modality for d in datasets}}
-    spacing = list(mp.preprocessing.spacing)
+def _cache_on_every_rank(ctx: DistContext, build: Callable[[], dict]) -> dict:
+    """Rank 0 builds the cache first (the others would race it), then the others open it."""
     failed = torch.zeros(1)
     error: BaseException | None = None
+    cache = None
     if ctx.is_main:
         try:
-            cache = build_cache(datasets, plan.per_dataset, spacing, norms, setup.cache_dir, needed)
+            cache = build()
         except HermesError as e:
             failed[0], error = 1.0, e
     if ctx.enabled:
@@ -345,8 +111,38 @@ def _train(request: TrainRequest, ctx: DistContext, after_iteration) -> TrainRes
         raise error
     if failed.item():
         raise HermesError("rank 0 could not build the preprocessing cache (see its error)")
-    if not ctx.is_main:
-        cache = build_cache(datasets, plan.per_dataset, spacing, norms, setup.cache_dir, needed)
+    return cache if cache is not None else build()
+
+
+def _train(request: TrainRequest, ctx: DistContext, after_iteration, progress) -> TrainResult:
+    setup = resolve_run(request)
+    cfg = setup.cfg
+    if cfg["num_threads"]:
+        torch.set_num_threads(int(cfg["num_threads"]))
+    check_output(setup.output)
+    parent_model = load_parent(setup.init, "--init") if setup.init else None
+    if parent_model and setup.resumed and parent_model.manifest.weights_sha256 != setup.init_sha256:
+        raise ResumeError(f"the parent model {setup.init} has changed since the run started (weights "
+                          f"{str(parent_model.manifest.weights_sha256)[:12]}, run recorded "
+                          f"{str(setup.init_sha256)[:12]})")
+
+    model_modalities = ([m.name for m in parent_model.manifest.modalities] if parent_model
+                        else list(cfg["modalities"]))
+    datasets = load_datasets(setup.data, model_modalities, cfg["modality_map"],
+                             inherited_modalities=parent_model is not None)
+    plan = plan_tasks(datasets, cfg["datasets"])
+    mp = plan_from_parent(cfg, setup.user_cfg, plan, parent_model) if parent_model else plan_new_model(cfg, plan)
+    modality_ids = {m.name: m.id for m in mp.modalities}
+
+    splits_path = setup.run_dir / "splits.json"
+    if setup.resumed and splits_path.is_file():
+        splits = read_splits(splits_path, datasets)
+    else:
+        splits = make_splits(datasets, int(cfg["seed"]), cfg["split"], cfg["datasets"])
+    needed = {name: entry["train"] + entry["validation"] for name, entry in splits["datasets"].items()}
+    norms = {m: mp.preprocessing.norm_for(m) for m in {d.model_modality for d in datasets}}
+    cache = _cache_on_every_rank(ctx, lambda: build_cache(datasets, plan.per_dataset, list(mp.preprocessing.spacing),
+                                                          norms, setup.cache_dir, needed))
 
     # ---- run directory (rank 0), only now that every input is known to be usable
     run_dir = setup.run_dir
@@ -365,8 +161,7 @@ def _train(request: TrainRequest, ctx: DistContext, after_iteration) -> TrainRes
 
     device = ctx.device
     network = mp.network.to(device).train()
-    ema = EMA(network, cfg["ema_decay"])
-    optimizer = build_optimizer(network.parameters(), cfg)
+    opt = prepare_optimisation(network, cfg, all_parameters)
     start, best = 0, None
     ckpt_path, best_path = run_dir / "checkpoint.pt", run_dir / "best.pt"
     query = {d.name: [mp.task_ids[n] for n in plan.per_dataset[d.name].task_names] for d in datasets}
@@ -375,8 +170,8 @@ def _train(request: TrainRequest, ctx: DistContext, after_iteration) -> TrainRes
         if payload.get("queries") != query:
             raise ResumeError(f"{ckpt_path} was trained with other tasks than this run's datasets give")
         network.load_state_dict(payload["model"])
-        ema.load_state_dict(payload["ema"])
-        optimizer.load_state_dict(payload["optimizer"])
+        opt.ema.load_state_dict(payload["ema"])
+        opt.optimizer.load_state_dict(payload["optimizer"])
         set_rng_state(payload["rng"])
         start, best = int(payload["iteration"]), payload.get("best")
         if int(payload["sampler"]["world_size"]) != ctx.world_size:
@@ -403,102 +198,86 @@ def _train(request: TrainRequest, ctx: DistContext, after_iteration) -> TrainRes
     sampler = PatchSampler(sources, cfg["patch_size"], cfg["batch_size"], cfg["foreground_probability"],
                            cfg["augmentation"], int(cfg["seed"]), ctx.rank)
     val_cases = [cache[(d.name, c)] for d in datasets for c in splits["datasets"][d.name]["validation"]]
+    modality_of = {d.name: modality_ids[d.model_modality] for d in datasets}
     metrics = MetricsLog(run_dir / "metrics.jsonl") if ctx.is_main else None
-    use_bf16 = device.type == "cuda" and bool(cfg["amp"])
     total = int(cfg["iterations"])
     stream = hashlib.sha256()
     flag: dict = {}
-    last_parts: dict = {}
+    state = {"best": best, "last": {}, "t_last": time.time(), "logged": start}
     t_start = time.time()
 
     def checkpoint(iteration: int) -> None:
         if not ctx.is_main:
             return
         save_checkpoint(ckpt_path, {
-            "iteration": iteration, "model": network.state_dict(), "ema": ema.state_dict(),
-            "optimizer": optimizer.state_dict(), "scheduler": {"iteration": iteration, "lr": lr_at(iteration, cfg)},
+            "iteration": iteration, "model": network.state_dict(), "ema": opt.ema.state_dict(),
+            "optimizer": opt.optimizer.state_dict(),
+            "scheduler": {"iteration": iteration, "lr": lr_at(iteration, cfg)},
             "rng": rng_state(), "sampler": {"seed": int(cfg["seed"]), "iteration": iteration,
                                             "world_size": ctx.world_size},
-            "best": best, "queries": query})
+            "best": state["best"], "queries": query})
         write_curves(run_dir / "metrics.jsonl", run_dir / "curves.png")
 
-    iteration = start
+    def validate(iteration: int) -> None:
+        if ctx.is_main:
+            result = evaluate_cases(opt.ema.module, val_cases, lambda name: query[name], modality_of.__getitem__,
+                                    cfg["patch_size"], device)
+            dice = result["mean_dice"]
+            metrics.write({"iteration": iteration, "validation_dice": dice, "validation": result["cases"]})
+            if dice is not None and (state["best"] is None or dice > state["best"]["dice"]):
+                state["best"] = {"iteration": iteration, "dice": dice}
+                save_checkpoint(best_path, {"iteration": iteration, "ema": opt.ema.state_dict(),
+                                            "best": state["best"]})
+        ctx.barrier()
+
+    def on_step(step: Step) -> bool:
+        stream.update(repr(step.batch["where"]).encode())
+        iteration, now = step.iteration, time.time()
+        state["last"] = step.parts
+        if metrics and (iteration % cfg["log_every"] == 0 or iteration == total or iteration == start + 1):
+            metrics.write({"iteration": iteration, **step.parts, "lr": step.lr, "grad_norm": step.grad_norm,
+                           "time": round((now - state["t_last"]) / (iteration - state["logged"]), 4),
+                           "elapsed": round(now - t_start, 2)})
+            state["t_last"], state["logged"] = now, iteration
+            if progress is not None:
+                rate = (now - t_start) / max(iteration - start, 1)
+                progress.update("train", iteration / total, f"iteration {iteration}/{total}, loss "
+                                f"{step.parts['loss']:.4f}", step=iteration, total=total,
+                                loss=round(step.parts["loss"], 5), eta_s=round(rate * (total - iteration), 1))
+        if cfg["validate_every"] and val_cases and (iteration % cfg["validate_every"] == 0 or iteration == total):
+            validate(iteration)
+        if iteration % cfg["checkpoint_every"] == 0 or iteration == total or step.stop:
+            checkpoint(iteration)
+        if after_iteration is not None:
+            after_iteration(iteration)
+        if step.stop:
+            ctx.barrier()
+            raise TrainingInterrupted(f"stopped by {flag.get('stop', 'a signal')} after iteration {iteration}; "
+                                      f"checkpoint written. Continue with: hermesseg train --resume {run_dir}")
+        return False
+
     with _stop_on_signals(flag):
-        loader = batch_loader(sampler, start, total, int(cfg["num_workers"]))
-        t_last, logged = time.time(), start  # "time" = mean seconds per iteration since the previous record
-        for i, batch in zip(range(start, total), loader):
-            stream.update(repr(batch["where"]).encode())
-            lr = lr_at(i, cfg)
-            set_lr(optimizer, lr)
-            image = batch["image"].to(device, non_blocking=True)
-            task_ids = batch["task_ids"].to(device)
-            modality = batch["modality"].to(device)
-            targets = make_targets(batch["label"].to(device), task_ids)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
-                seg, mod = model(image, task_ids, modality)
-            loss, parts = hermes_loss(seg, targets, task_ids, mod, modality, float(cfg["modality_loss_weight"]))
-            stats = torch.tensor([parts["loss"], parts["bce"], parts["dice"], parts["modality_ce"],
-                                  0.0 if torch.isfinite(loss) else 1.0, 1.0 if flag.get("stop") else 0.0])
-            stats = ctx.all_reduce_mean(stats)
-            if stats[4] > 0:
-                raise HermesError(f"the loss became non-finite at iteration {i + 1}; lower the learning rate "
-                                  f"(lr {cfg['lr']}) or check the data")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg["grad_clip"] > 0:
-                grad_norm = float(torch.nn.utils.clip_grad_norm_(network.parameters(), float(cfg["grad_clip"])))
-            else:
-                grad_norm = float(torch.nn.utils.clip_grad_norm_(network.parameters(), float("inf")))
-            optimizer.step()
-            ema.update(network, i)
-            iteration = i + 1
-            now = time.time()
-            last_parts = {"loss": float(stats[0]), "bce": float(stats[1]), "dice": float(stats[2]),
-                          "modality_ce": float(stats[3])}
-            if metrics and (iteration % cfg["log_every"] == 0 or iteration == total or iteration == start + 1):
-                metrics.write({"iteration": iteration, **last_parts, "lr": lr, "grad_norm": grad_norm,
-                               "time": round((now - t_last) / (iteration - logged), 4),
-                               "elapsed": round(now - t_start, 2)})
-                t_last, logged = now, iteration
-            if cfg["validate_every"] and val_cases and (iteration % cfg["validate_every"] == 0 or iteration == total):
-                if ctx.is_main:
-                    result = evaluate_cases(ema.module, val_cases, lambda name: query[name],
-                                            lambda name: modality_ids[next(d.model_modality for d in datasets
-                                                                           if d.name == name)],
-                                            cfg["patch_size"], device)
-                    dice = result["mean_dice"]
-                    metrics.write({"iteration": iteration, "validation_dice": dice, "validation": result["cases"]})
-                    if dice is not None and (best is None or dice > best["dice"]):
-                        best = {"iteration": iteration, "dice": dice}
-                        save_checkpoint(best_path, {"iteration": iteration, "ema": ema.state_dict(), "best": best})
-                ctx.barrier()
-            stop = bool(stats[5] > 0)
-            if iteration % cfg["checkpoint_every"] == 0 or iteration == total or stop:
-                checkpoint(iteration)
-            if after_iteration is not None:
-                after_iteration(iteration)
-            if stop:
-                ctx.barrier()
-                raise TrainingInterrupted(f"stopped by {flag.get('stop', 'a signal')} after iteration {iteration}; "
-                                          f"checkpoint written. Continue with: hermesseg train --resume {run_dir}")
+        iteration = run_iterations(model, network, opt, sampler, cfg, ctx, start, total,
+                                   lambda: bool(flag.get("stop")), on_step)
 
     if cfg["debug_rank_fingerprints"]:
         record = {"rank": ctx.rank, "world_size": ctx.world_size, "iteration": iteration,
-                  "model": weights_fingerprint(network.state_dict()), "ema": weights_fingerprint(ema.state_dict()),
+                  "model": weights_fingerprint(network.state_dict()), "ema": weights_fingerprint(opt.ema.state_dict()),
                   "stream": stream.hexdigest()}
         with atomic_path(run_dir / f"rank{ctx.rank}.json") as tmp:
             tmp.write_text(json.dumps(record) + "\n")
 
     # ---- the model file
     selected, val_dice = "final", None
-    final_state = ema.state_dict()
-    if cfg["select"] == "best" and best is not None and best_path.is_file():
+    final_state = opt.ema.state_dict()
+    if cfg["select"] == "best" and state["best"] is not None and best_path.is_file():
         best_payload = load_checkpoint(best_path)
         record = best_payload["best"]  # best.pt may be newer than the checkpoint a resumed run started from
         final_state, selected, val_dice = best_payload["ema"], f"best@{record['iteration']}", record["dice"]
     out_net = HermesR(network.config)
     out_net.load_state_dict({k: v.detach().cpu() for k, v in final_state.items()})
-    manifest = _manifest(setup, mp, datasets, splits, plan, iteration, ctx, selected, val_dice, last_parts)
+    manifest = training_manifest(setup, mp, datasets, splits, plan, iteration, ctx.world_size, str(ctx.device),
+                                 selected, val_dice, state["last"])
     if ctx.is_main:
         manifest = save_model(setup.output, out_net, manifest)
         write_curves(run_dir / "metrics.jsonl", run_dir / "curves.png")
@@ -507,45 +286,3 @@ def _train(request: TrainRequest, ctx: DistContext, after_iteration) -> TrainRes
               flush=True)
     ctx.barrier()
     return TrainResult(setup.output, run_dir, iteration, selected, val_dice, manifest)
-
-
-def _manifest(setup: _Setup, mp: _ModelPlan, datasets: list[Dataset], splits: dict, plan: TaskPlan,
-              iteration: int, ctx: DistContext, selected: str, val_dice: float | None, last: dict) -> Manifest:
-    cfg = setup.cfg
-    names = [d.name for d in datasets]
-    trained = [t.name for t in plan.tasks]
-    ds_info = []
-    for d in datasets:
-        s = splits["datasets"][d.name]
-        ds_info.append({"name": d.name, "modality": d.modality, "trained_as": d.model_modality,
-                        "license": d.license, "shippable": d.shippable, "held_out": s["held_out"],
-                        "cases": {k: len(s[k]) for k in ("train", "validation", "test")},
-                        "tasks": plan.per_dataset[d.name].task_names})
-    training = {"iterations": iteration, "batch_size": cfg["batch_size"], "world_size": ctx.world_size,
-                "global_batch": cfg["batch_size"] * ctx.world_size, "patch_size": cfg["patch_size"],
-                "spacing": list(mp.preprocessing.spacing), "optimizer": cfg["optimizer"], "lr": cfg["lr"],
-                "seed": cfg["seed"], "selected": f"{selected} EMA weights", "validation_dice": val_dice,
-                "final_loss": last or None, "hermesseg_version": __version__, "device": str(ctx.device)}
-    card = {"description": cfg["description"] or f"Hermes-R trained on {', '.join(names)}",
-            "training": training, "datasets": ds_info,
-            "shippable": all(d.shippable is True for d in datasets),
-            "licences": sorted({d.license for d in datasets if d.license})}
-    if not card["shippable"]:
-        card["shippable_note"] = ("trained on data that is not marked shippable: "
-                                  + ", ".join(d.name for d in datasets if d.shippable is not True))
-    note = (f"{iteration} iterations, batch {cfg['batch_size']}x{ctx.world_size}, patch "
-            f"{'x'.join(map(str, cfg['patch_size']))} at {'x'.join(f'{s:g}' for s in mp.preprocessing.spacing)} mm; "
-            f"{selected} EMA weights")
-    if mp.parent is not None:
-        lineage = list(copy.deepcopy(mp.parent.lineage))
-        lineage.append(LineageRecord(operation="fine-tune", parent=mp.parent.weights_sha256, datasets=names,
-                                     tasks=trained, notes=f"{note}; {len(mp.new_tasks)} task rows appended"))
-        card["parent"] = {"name": mp.parent.name, "weights_sha256": mp.parent.weights_sha256}
-        name = cfg["name"] if "name" in setup.user_cfg else mp.parent.name
-        version = cfg["version"] if "version" in setup.user_cfg else mp.parent.version
-    else:
-        lineage = [LineageRecord(operation="train", parent=None, datasets=names, tasks=trained, notes=note)]
-        name, version = cfg["name"], cfg["version"]
-    return Manifest(name=name, architecture=architecture_dict(mp.network.config), tasks=mp.tasks,
-                    modalities=mp.modalities, preprocessing=mp.preprocessing.to_dict(), lineage=lineage,
-                    version=version, card=card)

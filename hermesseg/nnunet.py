@@ -1,4 +1,4 @@
-"""Training datasets in the nnU-Net v2 layout, validated before any training starts.
+"""Datasets in the nnU-Net v2 layout (read by training, evaluation and add-task), validated before any work starts.
 
 A dataset folder holds ``dataset.json`` (name, modality, labels name -> value, file_ending), ``imagesTr/<case>_0000
 <ending>`` (one channel) and ``labelsTr/<case><ending>``. Every problem found is a ``DatasetError`` naming the dataset
@@ -26,7 +26,7 @@ from typing import Iterable, Mapping, Sequence
 import numpy as np
 import SimpleITK as sitk
 
-from ..errors import DatasetError
+from .errors import DatasetError
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +78,9 @@ class TaskSpec:
     structure: str  # the label (or mapped) name colours and terminology are derived from
     modalities: list[str]
     datasets: list[str] = field(default_factory=list)
+    color: tuple[int, int, int] | None = None  # from dataset.json label_info, else derived from the structure
+    terminology: dict | None = None
+    display_name: str | None = None
 
 
 @dataclass

@@ -1,0 +1,100 @@
+"""The optimisation loop every way of training shares, with one named hook: which parameters train.
+
+``trainable(network)`` returns the parameters to optimise; every other parameter is frozen (``requires_grad``
+False), is not given to the optimiser and is not averaged by the EMA, so its bytes never change. ``train`` trains
+all parameters; ``add-task --mode priors`` trains only the new prior rows (``HermesR.new_prior_parameters``).
+What happens after each step (logging, validation, checkpoints, progress, stopping) is the caller's ``on_step``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import nn
+
+from ..errors import HermesError
+from ..network import HermesR
+from .distributed import DistContext
+from .loss import hermes_loss
+from .optim import EMA, build_optimizer, lr_at, set_lr
+from .sampling import PatchSampler, batch_loader, make_targets
+
+Trainable = Callable[[HermesR], list[nn.Parameter]]
+
+
+def all_parameters(network: HermesR) -> list[nn.Parameter]:
+    return list(network.parameters())
+
+
+def new_prior_rows(network: HermesR) -> list[nn.Parameter]:
+    return network.new_prior_parameters()
+
+
+@dataclass
+class Optimisation:
+    optimizer: torch.optim.Optimizer
+    ema: EMA
+
+
+def prepare_optimisation(network: HermesR, cfg: dict, trainable: Trainable) -> Optimisation:
+    """Freeze what ``trainable`` does not return; an optimiser and an EMA for the rest."""
+    chosen = {id(p) for p in trainable(network)}
+    if not chosen:
+        raise HermesError("nothing to train: the trainable-parameter hook returned no parameter")
+    for p in network.parameters():
+        p.requires_grad_(id(p) in chosen)
+    return Optimisation(build_optimizer(network.parameters(), cfg), EMA(network, cfg["ema_decay"]))
+
+
+@dataclass
+class Step:
+    """One finished iteration (1-based ``iteration``), as ``on_step`` sees it."""
+
+    iteration: int
+    lr: float
+    parts: dict  # loss, bce, dice, modality_ce (means over the ranks)
+    grad_norm: float
+    stop: bool  # some rank was asked to stop
+    batch: dict
+
+
+def run_iterations(model: nn.Module, network: HermesR, opt: Optimisation, sampler: PatchSampler, cfg: dict,
+                   ctx: DistContext, start: int, total: int, stop_requested: Callable[[], bool],
+                   on_step: Callable[[Step], bool]) -> int:
+    """Iterations ``start..total-1``; ``model`` is ``network`` or its DDP wrapper. ``on_step`` returns True to end
+    the loop early. Returns the number of iterations done (counting from 0)."""
+    device = ctx.device
+    use_bf16 = device.type == "cuda" and bool(cfg["amp"])
+    iteration = start
+    loader = batch_loader(sampler, start, total, int(cfg["num_workers"]))
+    for i, batch in zip(range(start, total), loader):
+        lr = lr_at(i, cfg)
+        set_lr(opt.optimizer, lr)
+        image = batch["image"].to(device, non_blocking=True)
+        task_ids = batch["task_ids"].to(device)
+        modality = batch["modality"].to(device)
+        targets = make_targets(batch["label"].to(device), task_ids)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
+            seg, mod = model(image, task_ids, modality)
+        loss, parts = hermes_loss(seg, targets, task_ids, mod, modality, float(cfg["modality_loss_weight"]))
+        stats = torch.tensor([parts["loss"], parts["bce"], parts["dice"], parts["modality_ce"],
+                              0.0 if torch.isfinite(loss) else 1.0, 1.0 if stop_requested() else 0.0])
+        stats = ctx.all_reduce_mean(stats)
+        if stats[4] > 0:
+            raise HermesError(f"the loss became non-finite at iteration {i + 1}; lower the learning rate "
+                              f"(lr {cfg['lr']}) or check the data")
+        opt.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        limit = float(cfg["grad_clip"]) if cfg["grad_clip"] > 0 else float("inf")
+        grad_norm = float(torch.nn.utils.clip_grad_norm_([p for p in network.parameters() if p.requires_grad],
+                                                         limit))
+        opt.optimizer.step()
+        opt.ema.update(network, i)
+        iteration = i + 1
+        parts = {"loss": float(stats[0]), "bce": float(stats[1]), "dice": float(stats[2]),
+                 "modality_ce": float(stats[3])}
+        if on_step(Step(iteration, lr, parts, grad_norm, bool(stats[5] > 0), batch)):
+            break
+    return iteration
