@@ -2,21 +2,44 @@
 
 It is what makes a model file self-describing: the CLI, the Slicer modules and training read tasks, colours,
 terminology and preprocessing from here, never from hard-coded tables.
+
+A model file is untrusted input: every string is checked on reading and writing (``hermesseg.names``: task, group,
+modality, model, dataset names follow the name rule; descriptions, card text and terminology meanings the free-text
+rule), because task names become file names and every string reaches logs and the Slicer GUI.
+
+Identity. ``weights_sha256`` identifies the weights alone (lineage records a parent by it, so renaming tasks keeps
+the parent link). The model's identity is :func:`manifest_digest`, the sha256 of the manifest text as stored: the
+manifest holds ``weights_sha256``, so the digest covers names, tables, preprocessing and weights together, and
+renaming a task changes it. Model files written since this digest exists store it beside the manifest and readers
+verify it; older files (such as the shipped ``hermes-mini``) have none and are accepted, their identity computed on
+reading. A digest is not a signature: anyone who edits a file can recompute it. It detects accidental edits and
+corruption and names a model unambiguously; it does not prove who made it (that is why names are validated).
 """
 
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
 import json
+import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from .errors import ModelFileError
+from .names import check_name, check_text, shown
 from .network import HermesRConfig
 
 FORMAT_NAME = "hermes-model"
 FORMAT_VERSION = 1
 ARCHITECTURES = ("hermes-r",)
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+# Terminology codes end up in Slicer's "scheme^code^meaning~..." tag strings: these characters would split them.
+_TERMINOLOGY_SEPARATORS = "^~|"
+
+
+def manifest_digest(text: str) -> str:
+    """The model's identity: sha256 of the manifest JSON text exactly as stored (see the module docstring)."""
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 @dataclass
@@ -118,19 +141,28 @@ class Manifest:
                     weights_sha256=d.get("weights_sha256"))
         except KeyError as e:
             raise ModelFileError(f"manifest is missing the field {e.args[0]!r}") from None
-        except TypeError as e:
+        except (TypeError, AttributeError) as e:
             raise ModelFileError(f"manifest has a malformed entry: {e}") from None
+        if m.weights_sha256 is not None and not (isinstance(m.weights_sha256, str)
+                                                 and _SHA256.fullmatch(m.weights_sha256)):
+            raise ModelFileError(f"manifest weights_sha256 {shown(m.weights_sha256)} is not a sha256 hex digest")
         m.validate()
         return m
 
     @classmethod
     def from_json(cls, text: str) -> "Manifest":
         try:
-            return cls.from_dict(json.loads(text))
+            data = json.loads(text)
         except json.JSONDecodeError as e:
             raise ModelFileError(f"manifest is not valid JSON: {e}") from None
+        except RecursionError:
+            raise ModelFileError("manifest is nested too deeply to be a Hermes manifest") from None
+        return cls.from_dict(data)
 
     def validate(self) -> None:
+        self._validate_strings()
+        if not isinstance(self.architecture, dict) or not isinstance(self.preprocessing, dict):
+            raise ModelFileError("manifest architecture and preprocessing must be JSON objects")
         if self.architecture.get("name") not in ARCHITECTURES:
             raise ModelFileError(f"unknown architecture {self.architecture.get('name')!r}; known: {ARCHITECTURES}")
         try:
@@ -146,7 +178,7 @@ class Manifest:
         seen_ids: set[int] = set()
         seen_names: set[str] = set()
         for t in self.tasks:
-            if not isinstance(t.id, int) or not 0 <= t.id < config.num_task_rows:
+            if isinstance(t.id, bool) or not isinstance(t.id, int) or not 0 <= t.id < config.num_task_rows:
                 raise ModelFileError(f"task {t.name!r} has id {t.id!r} outside the task table "
                                      f"(0..{config.num_task_rows - 1})")
             if t.id in seen_ids:
@@ -157,16 +189,86 @@ class Manifest:
             if unknown or not t.modalities:
                 raise ModelFileError(f"task {t.name!r} names unknown modalities {unknown or '(none given)'}; "
                                      f"known: {sorted(modality_names)}")
-            if len(t.color) != 3 or not all(isinstance(c, int) and 0 <= c <= 255 for c in t.color):
+            if len(t.color) != 3 or not all(type(c) is int and 0 <= c <= 255 for c in t.color):
                 raise ModelFileError(f"task {t.name!r} has an invalid colour {t.color!r}")
             seen_ids.add(t.id)
             seen_names.add(t.name)
         for key in ("spacing", "intensity"):
             if key not in self.preprocessing:
                 raise ModelFileError(f"manifest preprocessing is missing {key!r}")
+        if not isinstance(self.preprocessing["intensity"], dict):
+            raise ModelFileError("manifest preprocessing.intensity must map modality names to normalisations")
         missing_norm = modality_names - set(self.preprocessing["intensity"])
         if missing_norm:
             raise ModelFileError(f"no intensity normalisation for modalities {sorted(missing_norm)}")
+
+    def _validate_strings(self) -> None:
+        """Every string that can reach a path, a log or the GUI follows ``hermesseg.names``' rules."""
+        check_name(self.name, "model name", ModelFileError)
+        check_name(self.version, "model version", ModelFileError)
+        for m in _entries(self.modalities, "modalities"):
+            check_name(m.name, "modality name", ModelFileError)
+            check_text(m.description, f"modality {m.name} description", ModelFileError)
+            for code in _entries(m.dicom, f"modality {m.name} dicom"):
+                check_name(code, f"modality {m.name} DICOM modality", ModelFileError)
+        for t in _entries(self.tasks, "tasks"):
+            check_name(t.name, "task name", ModelFileError)
+            check_name(t.group, f"task {t.name} group", ModelFileError)
+            for m in _entries(t.modalities, f"task {t.name} modalities"):
+                check_name(m, f"task {t.name} modality", ModelFileError)
+            check_text(t.description, f"task {t.name} description", ModelFileError)
+            _check_terminology(t.terminology, f"task {t.name} terminology")
+        for i, r in enumerate(_entries(self.lineage, "lineage")):
+            check_name(r.operation, f"lineage[{i}] operation", ModelFileError)
+            check_text(r.created, f"lineage[{i}] created", ModelFileError, max_length=64)
+            if r.parent is not None and not (isinstance(r.parent, str) and _SHA256.fullmatch(r.parent)):
+                raise ModelFileError(f"lineage[{i}] parent {shown(r.parent)} is not a sha256 hex digest")
+            for name in _entries(r.datasets, f"lineage[{i}] datasets"):
+                check_name(name, f"lineage[{i}] dataset", ModelFileError)
+            for name in _entries(r.tasks, f"lineage[{i}] tasks"):
+                check_name(name, f"lineage[{i}] task", ModelFileError)
+            check_text(r.notes, f"lineage[{i}] notes", ModelFileError)
+        if not isinstance(self.card, dict):
+            raise ModelFileError(f"manifest card must be a JSON object, not {type(self.card).__name__}")
+        _check_card(self.card, "card")
+
+
+def _entries(value, field: str) -> list:
+    if not isinstance(value, list):
+        raise ModelFileError(f"manifest {field} must be a list, not {type(value).__name__}")
+    return value
+
+
+def _check_terminology(term, field: str) -> None:
+    """None, or {"category": [scheme, code, meaning], "type": [...], "modifier": [...] | None, ...}."""
+    if term is None:
+        return
+    if not isinstance(term, dict):
+        raise ModelFileError(f"{field} must be an object, not {type(term).__name__}")
+    for key, code in term.items():
+        check_name(key, f"{field} key", ModelFileError)
+        if code is None and key not in ("category", "type"):
+            continue
+        if not (isinstance(code, list) and len(code) == 3):
+            raise ModelFileError(f"{field}.{key} must be [scheme, code, meaning], got {shown(code)}")
+        for part in code:
+            check_text(part, f"{field}.{key}", ModelFileError, max_length=256)
+            if any(c in part for c in _TERMINOLOGY_SEPARATORS):
+                raise ModelFileError(f"{field}.{key} {shown(part)} contains one of {_TERMINOLOGY_SEPARATORS!r}, "
+                                     f"which separate Slicer terminology fields")
+
+
+def _check_card(value, field: str) -> None:
+    """The model card: JSON of any shape, whose every key and string is acceptable free text."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            check_text(key, f"{field} key", ModelFileError, max_length=256)
+            _check_card(item, f"{field}.{key}")
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            _check_card(item, f"{field}[{i}]")
+    elif isinstance(value, str):
+        check_text(value, field, ModelFileError)
 
 
 def architecture_dict(config: HermesRConfig) -> dict[str, Any]:

@@ -1,6 +1,7 @@
 """One self-describing model file: safetensors weights plus the JSON manifest in the safetensors metadata.
 
-Writing is atomic; reading validates the manifest, every tensor's name and shape, and the weights' fingerprint.
+Writing is atomic; reading validates the manifest, its digest (when the file has one), every tensor's name and
+shape, and the weights' fingerprint. See ``hermesseg.manifest`` for what the digest and the fingerprint identify.
 """
 
 from __future__ import annotations
@@ -16,10 +17,11 @@ from safetensors.torch import save_file
 
 from .atomic import atomic_path
 from .errors import ModelFileError
-from .manifest import Manifest
+from .manifest import Manifest, manifest_digest
 from .network import HermesR, HermesRConfig
 
 MANIFEST_KEY = "hermes_manifest"
+MANIFEST_DIGEST_KEY = "hermes_manifest_sha256"  # absent in files written before it existed (hermes-mini)
 
 
 def weights_fingerprint(state: dict[str, torch.Tensor]) -> str:
@@ -61,8 +63,9 @@ def save_model(path: str | os.PathLike, network: HermesR, manifest: Manifest) ->
     manifest.validate()
     check_tensor_layout({k: tuple(v.shape) for k, v in state.items()}, network.config)
     manifest.weights_sha256 = weights_fingerprint(state)
+    text = manifest.to_json()
     with atomic_path(path, suffix=".safetensors") as tmp:
-        save_file(state, str(tmp), metadata={MANIFEST_KEY: manifest.to_json()})
+        save_file(state, str(tmp), metadata={MANIFEST_KEY: text, MANIFEST_DIGEST_KEY: manifest_digest(text)})
     return manifest
 
 
@@ -78,14 +81,28 @@ def _open(path: Path):
                              f"is it truncated, or an official .pth that needs `hermesseg import-official`?") from None
 
 
-def read_manifest(path: str | os.PathLike) -> Manifest:
-    """Read and validate only the manifest (fast: the header, not the weights)."""
-    path = Path(path)
+def _manifest_text(path: Path) -> str:
+    """The manifest JSON text, checked against its stored digest when the file has one."""
     with _open(path) as f:
         meta = f.metadata() or {}
     if MANIFEST_KEY not in meta:
         raise ModelFileError(f"{path} is a safetensors file without a Hermes manifest")
-    return Manifest.from_json(meta[MANIFEST_KEY])
+    text = meta[MANIFEST_KEY]
+    stored = meta.get(MANIFEST_DIGEST_KEY)
+    if stored is not None and stored != manifest_digest(text):
+        raise ModelFileError(f"{path}: the manifest does not match its stored digest (the file was edited or is "
+                             f"corrupted)")
+    return text
+
+
+def read_manifest(path: str | os.PathLike) -> Manifest:
+    """Read and validate only the manifest (fast: the header, not the weights)."""
+    return Manifest.from_json(_manifest_text(Path(path)))
+
+
+def model_identity(path: str | os.PathLike) -> str:
+    """The model's identity (``hermesseg.manifest.manifest_digest`` of its manifest): covers names and weights."""
+    return manifest_digest(_manifest_text(Path(path)))
 
 
 def read_model_state(path: str | os.PathLike, verify: bool = True) -> tuple[Manifest, dict[str, torch.Tensor]]:
@@ -98,13 +115,15 @@ def read_model_state(path: str | os.PathLike, verify: bool = True) -> tuple[Mani
     except (SafetensorError, RuntimeError) as e:
         raise ModelFileError(f"{path}: cannot read the weights ({e})") from None
     check_tensor_layout({k: tuple(v.shape) for k, v in state.items()}, manifest.config, what=str(path))
-    if verify and manifest.weights_sha256 and weights_fingerprint(state) != manifest.weights_sha256:
+    if verify and manifest.weights_sha256 is None:
+        raise ModelFileError(f"{path}: the manifest has no weights fingerprint (weights_sha256)")
+    if verify and weights_fingerprint(state) != manifest.weights_sha256:
         raise ModelFileError(f"{path}: the weights do not match the manifest's fingerprint (corrupted file)")
     return manifest, state
 
 
-def manifest_summary(manifest: Manifest, num_parameters: int) -> dict:
-    """What `hermesseg info --json` prints."""
+def manifest_summary(manifest: Manifest, num_parameters: int, identity: str | None = None) -> dict:
+    """What `hermesseg info --json` prints; ``identity`` is :func:`model_identity`."""
     return {
         "name": manifest.name,
         "version": manifest.version,
@@ -120,5 +139,6 @@ def manifest_summary(manifest: Manifest, num_parameters: int) -> dict:
         "preprocessing": manifest.preprocessing,
         "lineage": [json.loads(json.dumps(r.__dict__)) for r in manifest.lineage],
         "weights_sha256": manifest.weights_sha256,
+        "manifest_sha256": identity,
         "card": manifest.card,
     }

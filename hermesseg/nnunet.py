@@ -27,11 +27,11 @@ import numpy as np
 import SimpleITK as sitk
 
 from .errors import DatasetError
+from .names import check_name
 
 log = logging.getLogger(__name__)
 
 CHANNEL_SUFFIX = "_0000"
-_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _OTHER_CHANNEL = re.compile(r"_(000[1-9]|00[1-9]\d|0[1-9]\d\d|[1-9]\d\d\d)$")
 # Geometry tolerances for "the label is on the image's grid".
 _SPACING_RTOL = 1e-4
@@ -129,9 +129,7 @@ def read_dataset(root: str | Path) -> tuple[dict, list[Case]]:
         raise DatasetError(f"dataset {root.name}: dataset.json is not readable JSON ({e})") from None
     if not isinstance(meta, dict):
         raise DatasetError(f"dataset {root.name}: dataset.json is not a JSON object")
-    name = meta.get("name") or root.name
-    if not isinstance(name, str) or not _SAFE_NAME.match(name):
-        raise DatasetError(f"dataset {root.name}: name {name!r} in dataset.json must be letters, digits, '_', '.', '-'")
+    name = check_name(meta.get("name") or root.name, f"dataset {root.name}: the dataset name", DatasetError)
     for key in ("labels", "file_ending"):
         if key not in meta:
             raise DatasetError(f"dataset {name}: dataset.json has no {key!r}")
@@ -141,6 +139,7 @@ def read_dataset(root: str | Path) -> tuple[dict, list[Case]]:
     if not isinstance(labels, dict) or not labels:
         raise DatasetError(f"dataset {name}: 'labels' in dataset.json must map label names to integer values")
     for label, value in labels.items():
+        check_name(label, f"dataset {name}: the label name", DatasetError)
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise DatasetError(f"dataset {name}: label {label!r} has value {value!r}; values must be integers >= 0 "
                                f"(nnU-Net region lists are not supported)")
@@ -165,7 +164,8 @@ def read_dataset(root: str | Path) -> tuple[dict, list[Case]]:
                                f"only single-channel images (_0000) are supported")
         if not stem.endswith(CHANNEL_SUFFIX):
             raise DatasetError(f"dataset {name}: image file {path.name} does not end in {CHANNEL_SUFFIX}{ending}")
-        case = stem[: -len(CHANNEL_SUFFIX)]
+        case = check_name(stem[: -len(CHANNEL_SUFFIX)], f"dataset {name}: the case name (from {path.name})",
+                          DatasetError)
         label = labels_dir / f"{case}{ending}"
         if not label.is_file():
             raise DatasetError(f"dataset {name}, case {case}: label file {label} is missing")
@@ -344,6 +344,8 @@ def plan_tasks(datasets: Sequence[Dataset], dataset_settings: Mapping[str, Mappi
                 task_name, structure = target.strip(), target.strip()
             else:
                 task_name, structure = f"{ds.name}_{label}", label
+                check_name(task_name, f"dataset {ds.name}: the task name of label {label} (rename it with the config's "
+                                      f"datasets.{ds.name}.tasks)", DatasetError)
             if task_name not in names:
                 names.append(task_name)
             value_to_slot[value] = names.index(task_name) + 1

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from ..model_file import manifest_summary, read_model_state
+from ..model_file import manifest_summary, model_identity, read_model_state
 
 
 def register(sub) -> None:
@@ -16,7 +16,7 @@ def register(sub) -> None:
 
 def run(args) -> int:
     manifest, state = read_model_state(args.model)
-    summary = manifest_summary(manifest, sum(t.numel() for t in state.values()))
+    summary = manifest_summary(manifest, sum(t.numel() for t in state.values()), model_identity(args.model))
     if args.json:
         print(json.dumps(summary, indent=1))
         return 0
@@ -30,6 +30,7 @@ def run(args) -> int:
         tasks = [t for t in summary["tasks"] if t["group"] == group]
         print(f"  {group} [{', '.join(dict.fromkeys(m for t in tasks for m in t['modalities']))}]: "
               + ", ".join(t["name"] for t in tasks))
+    print(f"identity: manifest {summary['manifest_sha256'][:12]}, weights {manifest.weights_sha256[:12]}")
     for record in summary["lineage"]:
         print(f"lineage: {record['operation']} {record['created']} parent={str(record['parent'])[:12]} "
               f"datasets={','.join(record['datasets'])}")

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from ..imageio import dicom_modality, input_stem, read_image
 from ..model import HermesModel
+from ..output_paths import child_path
 from .modality_guess import guess_modality
 from .outputs import SegmentationWriter, atomic_folder, write_map
 from .pipeline import InferenceOptions, predict
@@ -45,21 +46,22 @@ def segment_inputs(model: HermesModel, request: SegmentRequest, progress: Progre
 
 def _write(prediction, path: Path, request: SegmentRequest, report, modality: str) -> dict:
     stem = input_stem(path)
-    seg_path = request.output_dir / f"{stem}.seg.nrrd"
+    seg_path = child_path(request.output_dir, f"{stem}.seg.nrrd")
     writer = SegmentationWriter(prediction.input_image)
     record = {"input": str(path), "modality": modality, "segmentation": str(seg_path), "masks": [],
               "probabilities": [], "tasks": [t.name for t in prediction.tasks]}
     extra = request.nifti or request.probabilities
-    folder_ctx = atomic_folder(request.output_dir / stem) if extra else contextlib.nullcontext()
+    final_folder = child_path(request.output_dir, stem)
+    folder_ctx = atomic_folder(final_folder) if extra else contextlib.nullcontext()
     with folder_ctx as folder:
         for k, (task, prob, mask) in enumerate(prediction.on_input_grid()):
             writer.add(task, mask)
             if request.nifti:
-                write_map(mask, prediction.input_image, folder / f"{task.name}.nii.gz")
-                record["masks"].append(str(request.output_dir / stem / f"{task.name}.nii.gz"))
+                write_map(mask, prediction.input_image, child_path(folder, f"{task.name}.nii.gz"))
+                record["masks"].append(str(child_path(final_folder, f"{task.name}.nii.gz")))
             if request.probabilities:
-                write_map(prob, prediction.input_image, folder / f"{task.name}_probability.nii.gz")
-                record["probabilities"].append(str(request.output_dir / stem / f"{task.name}_probability.nii.gz"))
+                write_map(prob, prediction.input_image, child_path(folder, f"{task.name}_probability.nii.gz"))
+                record["probabilities"].append(str(child_path(final_folder, f"{task.name}_probability.nii.gz")))
             report("resample", 0.88 + 0.10 * (k + 1) / len(prediction.tasks), f"{task.name} on the input grid")
         report("write", 0.98, f"writing {seg_path.name}")
         writer.write(seg_path)

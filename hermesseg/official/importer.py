@@ -16,6 +16,7 @@ import torch
 from ..errors import CheckpointError
 from ..manifest import LineageRecord, Manifest, architecture_dict
 from ..model_file import check_tensor_layout, save_model, weights_fingerprint
+from ..names import check_name
 from ..network import HermesR, HermesRConfig
 from .key_map import OFFICIAL_NULL_ROW, convert_state_dict, local_to_official_name, strip_prefixes
 from .task_table import OFFICIAL_MODALITIES, official_preprocessing, official_tasks
@@ -109,6 +110,8 @@ def convert_official(state: dict[str, torch.Tensor]) -> HermesR:
 
 def import_official(checkpoint: str | os.PathLike, output: str | os.PathLike, name: str | None = None) -> Manifest:
     """Convert ``checkpoint`` and write the model file ``output`` atomically (nothing is written on error)."""
+    if name is not None:
+        check_name(name, "the model name (--name)", CheckpointError)
     state = load_official_checkpoint(checkpoint)
     network = convert_official(state)
     parent = weights_fingerprint(state)

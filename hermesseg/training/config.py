@@ -16,6 +16,7 @@ from typing import Any, Mapping
 
 from ..errors import HermesError
 from ..modalities import KNOWN_MODALITIES
+from ..names import check_name, check_text
 from ..network import HermesRConfig
 from ..preprocessing import IntensityNorm
 
@@ -158,13 +159,21 @@ def resolve_config(user: Mapping[str, Any]) -> dict:
     cfg["spacing"] = _positive_triple(cfg["spacing"], "spacing", float)
     cfg["patch_size"] = _positive_triple(cfg["patch_size"], "patch_size", int)
 
+    check_name(cfg["name"], "name (the model name)", TrainingConfigError)
+    check_name(cfg["version"], "version", TrainingConfigError)
+    check_text(cfg["description"], "description", TrainingConfigError)
     mods = cfg["modalities"]
-    if not (isinstance(mods, list) and mods and all(isinstance(m, str) and m for m in mods)):
+    if not (isinstance(mods, list) and mods):
         raise TrainingConfigError("modalities must be a non-empty list of names")
+    for m in mods:
+        check_name(m, "modalities entry", TrainingConfigError)
     if len({m.lower() for m in mods}) != len(mods):
         raise TrainingConfigError("modalities must be unique (case-insensitively)")
     if not isinstance(cfg["modality_map"], dict):
         raise TrainingConfigError("modality_map must be an object: dataset modality -> model modality")
+    for source, target in cfg["modality_map"].items():
+        check_text(source, "modality_map key", TrainingConfigError, max_length=64)
+        check_name(target, f"modality_map[{source!r}]", TrainingConfigError)
     if not isinstance(cfg["intensity"], dict):
         raise TrainingConfigError("intensity must be an object: modality -> normalisation")
     for name, norm in cfg["intensity"].items():
@@ -176,6 +185,7 @@ def resolve_config(user: Mapping[str, Any]) -> dict:
     if not isinstance(cfg["datasets"], dict):
         raise TrainingConfigError("datasets must be an object: dataset name -> settings")
     for name, settings in list(cfg["datasets"].items()):
+        check_name(name, "datasets key (a dataset name)", TrainingConfigError)
         if not isinstance(settings, dict):
             raise TrainingConfigError(f"datasets.{name} must be an object")
         merged = _merge(DATASET_DEFAULTS, settings, f"datasets.{name}.")
@@ -183,9 +193,17 @@ def resolve_config(user: Mapping[str, Any]) -> dict:
             raise TrainingConfigError(f"datasets.{name}.weight must be a positive number")
         if not isinstance(merged["tasks"], dict):
             raise TrainingConfigError(f"datasets.{name}.tasks must map label names to task names (or null)")
+        for label, task in merged["tasks"].items():
+            if task is not None:
+                check_name(task, f"datasets.{name}.tasks[{label!r}]", TrainingConfigError)
+        if merged["group"] is not None:
+            check_name(merged["group"], f"datasets.{name}.group", TrainingConfigError)
         cfg["datasets"][name] = merged
     if not isinstance(cfg["task_init"], dict):
         raise TrainingConfigError("task_init must map new task names to existing task names")
+    for task, source in cfg["task_init"].items():
+        check_name(task, "task_init key", TrainingConfigError)
+        check_name(source, f"task_init[{task!r}]", TrainingConfigError)
 
     aug = cfg["augmentation"]
     for key in ("affine_probability", "intensity_probability"):
