@@ -135,7 +135,7 @@ def test_a_traversal_task_name_writes_nothing_anywhere(tmp_path, capsys):
 def test_output_names_stay_inside_the_folder_even_if_validation_is_bypassed(tmp_path):
     """Second line of defence: a task name changed after validation still cannot leave the output folder."""
     from hermesseg import load_model
-    from hermesseg.inference.progress import Progress
+    from hermesseg.progress import Progress
     from hermesseg.inference.segment_job import SegmentRequest, segment_inputs
     from hermesseg.inference.pipeline import InferenceOptions
 
