@@ -19,7 +19,7 @@ from hermesseg.errors import DatasetError, ModelFileError, OutputError
 from hermesseg.model_file import MANIFEST_DIGEST_KEY, MANIFEST_KEY, model_identity, read_manifest
 from hermesseg.names import NAME_RULE, TEXT_RULE, check_name
 from hermesseg.output_paths import child_path
-from hermesseg.training.datasets import read_dataset
+from hermesseg.nnunet import read_dataset
 
 from paths import CONFORMANCE, DATA, REPO, require
 
@@ -237,7 +237,7 @@ def test_train_refuses_a_hostile_label_and_leaves_nothing(tmp_path, capsys):
 
 
 def test_a_dataset_and_label_whose_task_name_is_too_long_is_refused(tmp_path):
-    from hermesseg.training.datasets import load_datasets, plan_tasks
+    from hermesseg.nnunet import load_datasets, plan_tasks
 
     ds = _dataset_copy(tmp_path)
     meta = json.loads((ds / "dataset.json").read_text())
