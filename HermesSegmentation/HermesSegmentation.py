@@ -745,11 +745,12 @@ class HermesSegmentationTest(ScriptedLoadableModuleTest):
 
     def checkSegmentation(self, segmentationNode, volumeNode, taskNames, info) -> None:
         segmentation = segmentationNode.GetSegmentation()
-        names = [segmentation.GetNthSegment(i).GetName() for i in range(segmentation.GetNumberOfSegments())]
-        self.assertEqual(sorted(names), sorted(taskNames))
+        ids = [segmentation.GetNthSegmentID(i) for i in range(segmentation.GetNumberOfSegments())]
+        self.assertEqual(sorted(ids), sorted(taskNames))  # segment id = task name, name = display name
         tasks = {t["name"]: t for t in info["tasks"]}
         for name in taskNames:
-            segment = segmentation.GetSegment(segmentation.GetSegmentIdBySegmentName(name))
+            segment = segmentation.GetSegment(name)
+            self.assertEqual(segment.GetName(), tasks[name].get("display_name", name))
             expected = [c / 255.0 for c in tasks[name]["color"]]
             for got, want in zip(segment.GetColor(), expected):
                 self.assertAlmostEqual(got, want, places=4)

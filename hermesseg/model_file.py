@@ -16,6 +16,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from .atomic import atomic_path
+from .catalogue import catalogue
 from .errors import ModelFileError
 from .manifest import Manifest, manifest_digest
 from .network import HermesR, HermesRConfig
@@ -131,8 +132,9 @@ def manifest_summary(manifest: Manifest, num_parameters: int, identity: str | No
         "architecture": manifest.architecture,
         "num_parameters": num_parameters,
         "num_task_rows": manifest.config.num_task_rows,
-        "tasks": [{"id": t.id, "name": t.name, "group": t.group, "modalities": t.modalities,
-                   "color": list(t.color), "terminology": t.terminology} for t in manifest.tasks],
+        "tasks": [{"id": t.id, "name": t.name, "display_name": catalogue().display_name(t), "group": t.group,
+                   "modalities": t.modalities, "color": list(t.color), "terminology": catalogue().terminology(t),
+                   "note": catalogue().note(t)} for t in manifest.tasks],
         "groups": manifest.groups,
         "modalities": [{"id": m.id, "name": m.name, "description": m.description, "dicom": m.dicom}
                        for m in manifest.modalities],

@@ -45,13 +45,24 @@ def test_outputs_share_the_input_grid_and_open_in_slicer(model, tmp_path):
     storage.SetFileName(str(tmp_path / "brain1_0000.seg.nrrd"))
     assert storage.ReadData(node) == 1
     seg = node.GetSegmentation()
-    assert [seg.GetNthSegment(i).GetName() for i in range(seg.GetNumberOfSegments())] == names
-    liver = seg.GetSegment(seg.GetSegmentIdBySegmentName("chaos_liver"))
+    assert [seg.GetNthSegmentID(i) for i in range(seg.GetNumberOfSegments())] == names
+    assert [seg.GetNthSegment(i).GetName() for i in range(seg.GetNumberOfSegments())] == [
+        "Liver", "Right kidney", "Left kidney", "Spleen"]
+    liver = seg.GetSegment("chaos_liver")
     assert "SCT^10200004^Liver" in liver.GetTerminology()
+    kidney = seg.GetSegment("chaos_kidney_left").GetTerminology()
+    assert "SCT^64033007^Kidney~SCT^7771000^Left" in kidney, kidney
+    from vtk import reference
+    tags = {}
+    for tag in ("HermesTask", "HermesTaskGroup"):
+        value = reference("")
+        assert liver.GetTag(tag, value)
+        tags[tag] = str(value)
+    assert tags == {"HermesTask": "chaos_liver", "HermesTaskGroup": "chaos"}
     assert liver.GetColor() == pytest.approx((221 / 255, 130 / 255, 101 / 255), abs=1e-4)
     # The segment's voxels equal the NIfTI mask, in physical space.
     labelmap = slicer.vtkOrientedImageData()
-    node.GetBinaryLabelmapRepresentation(seg.GetSegmentIdBySegmentName("chaos_kidney_left"), labelmap)
+    node.GetBinaryLabelmapRepresentation("chaos_kidney_left", labelmap)
     mask = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "brain1_0000" / "chaos_kidney_left.nii.gz")))
     assert labelmap.GetSpacing() == pytest.approx(image.GetSpacing(), abs=1e-5)
     from vtk.util.numpy_support import vtk_to_numpy

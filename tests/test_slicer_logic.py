@@ -125,16 +125,19 @@ def test_segment_imports_named_coloured_segments_on_the_volume_geometry(model, i
     assert scene_snapshot(scene)[:len(before)] == before
 
     segmentation = seg.GetSegmentation()
+    ids = [segmentation.GetNthSegmentID(i) for i in range(segmentation.GetNumberOfSegments())]
+    assert sorted(ids) == sorted(CT_TASKS)  # segment id = task name; the name is the catalogue's display name
     names = [segmentation.GetNthSegment(i).GetName() for i in range(segmentation.GetNumberOfSegments())]
-    assert sorted(names) == sorted(CT_TASKS)
+    assert sorted(names) == ["Liver", "Liver tumour"]
     tasks = {t["name"]: t for t in info["tasks"]}
     for name in CT_TASKS:
-        segment = segmentation.GetSegment(segmentation.GetSegmentIdBySegmentName(name))
+        segment = segmentation.GetSegment(name)
+        assert segment.GetName() == tasks[name]["display_name"] and segmentTag(segment, "HermesTask") == name
         np.testing.assert_allclose(segment.GetColor(), np.array(tasks[name]["color"]) / 255.0, atol=1e-6)
         entry = segmentTag(segment, "TerminologyEntry")
         assert entry == terminologyEntryString(tasks[name]["terminology"])
         assert "SCT^10200004^Liver" in entry  # liver as type (organ) or as region (tumour)
-    assert segmentTag(segmentation.GetSegment(segmentation.GetSegmentIdBySegmentName("lits_liver_tumour")),
+    assert segmentTag(segmentation.GetSegment("lits_liver_tumour"),
                       "TerminologyEntry").split("~")[2] == "SCT^108369006^Neoplasm"
 
     # reference geometry: node reference (needed by DICOM SEG export) and the geometry parameter

@@ -1,12 +1,13 @@
 """Loading the engine's ``.seg.nrrd`` into the scene, ready for review and DICOM SEG export.
 
-The engine writes one segment per task (segment id and name = task name, colour, ``TerminologyEntry`` tag), in
-separate layers where segments overlap, on the input volume's grid. The import:
+The engine writes one segment per task (segment id = task name, name = the structure's display name from the
+engine's catalogue, colour, ``TerminologyEntry``, ``HermesTask`` and ``HermesTaskGroup`` tags), in separate layers
+where segments overlap, on the input volume's grid. The import:
 
 - reads the file into a new ``vtkMRMLSegmentationNode`` *outside* the scene, and adds it only when everything
   worked (a failed import leaves the scene untouched);
-- re-applies names, colours and terminology from the task table when one is given (the model manifest as printed by
-  ``hermesseg info --json``), so the segments are right even if a future file lacks a tag;
+- re-applies display names, colours and terminology from the task table when one is given (the model manifest as
+  printed by ``hermesseg info --json``), so the segments are right even if a file lacks a name or tag;
 - sets the reference geometry from the volume (``SetReferenceImageGeometryParameterFromVolumeNode`` and the
   ``referenceImageGeometryRef`` node reference, which DICOM SEG export requires);
 - puts the segmentation under the volume's parent transform and, in the subject hierarchy, under the volume's study.
@@ -21,6 +22,7 @@ from pathlib import Path
 import slicer
 
 TERMINOLOGY_TAG = "TerminologyEntry"
+TASK_TAG = "HermesTask"
 DEFAULT_TERMINOLOGY_CONTEXT = "Segmentation category and type - DICOM master list"
 DEFAULT_REGION_CONTEXT = "Anatomic codes - DICOM master list"
 
@@ -60,6 +62,16 @@ def segmentNames(segmentationNode) -> list[str]:
     return [segmentation.GetNthSegment(i).GetName() for i in range(segmentation.GetNumberOfSegments())]
 
 
+def segmentTaskNames(segmentationNode) -> list[str]:
+    """The task of each segment: its ``HermesTask`` tag, else its id (the engine writes id = task name)."""
+    segmentation = segmentationNode.GetSegmentation()
+    names = []
+    for i in range(segmentation.GetNumberOfSegments()):
+        segment = segmentation.GetNthSegment(i)
+        names.append(segmentTag(segment, TASK_TAG) or segmentation.GetNthSegmentID(i))
+    return names
+
+
 def segmentTag(segment, tag: str) -> str | None:
     """A segment's tag value, or None (``GetTag(name, value&)`` takes a ``vtk.reference`` in Python)."""
     import vtk
@@ -95,8 +107,9 @@ def importSegmentation(scene, segFile: str | Path, volumeNode, name: str | None 
                        modelInfo: dict | None = None, expectedSegments: list[str] | None = None):
     """Load ``segFile`` as a new segmentation node of ``scene`` tied to ``volumeNode``; returns the node.
 
-    ``modelInfo``: the model's ``hermesseg info --json`` object (colours, terminology). ``expectedSegments``: the
-    task names that were requested; a file without any of them is an error, and the node is not added.
+    ``modelInfo``: the model's ``hermesseg info --json`` object (display names, colours, terminology).
+    ``expectedSegments``: the task names that were requested; a file without any of them is an error, and the node
+    is not added.
     """
     segFile = Path(segFile)
     if not segFile.is_file():
@@ -109,17 +122,20 @@ def importSegmentation(scene, segFile: str | Path, volumeNode, name: str | None 
     segmentation = segmentationNode.GetSegmentation()
     if segmentation.GetNumberOfSegments() == 0:
         raise SegmentationImportError(f"{segFile.name} holds no segment")
+    taskNames = segmentTaskNames(segmentationNode)
     if expectedSegments:
-        found = set(segmentNames(segmentationNode))
+        found = set(taskNames)
         if not found & set(expectedSegments):
             raise SegmentationImportError(f"{segFile.name} holds none of the requested structures "
                                           f"({', '.join(expectedSegments)}); it has {', '.join(sorted(found))}")
 
     tasks = _taskTable(modelInfo)
-    for i in range(segmentation.GetNumberOfSegments()):
+    for i, taskName in enumerate(taskNames):
         segment = segmentation.GetNthSegment(i)
-        task = tasks.get(segment.GetName())
+        task = tasks.get(taskName)
         if task is not None:
+            if task.get("display_name"):
+                segment.SetName(str(task["display_name"]))
             color = task.get("color")
             if color and len(color) == 3:
                 segment.SetColor(*[float(c) / 255.0 for c in color])
