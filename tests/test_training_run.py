@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import torch
 
+from hermesseg.catalogue import catalogue
 from hermesseg.errors import DatasetError
 from hermesseg.model import load_model
 from hermesseg.model_file import read_model_state, weights_fingerprint
@@ -139,7 +140,9 @@ def test_run_directory_and_model_manifest(baseline):
         (1, "mr_brain_tissue_mni_white_matter", "mr_brain_tissue_mni", ["MR-T1"]),
         (2, "mr_brain_tumour_t1c_brain_tumour", "mr_brain_tumour_t1c", ["MR-T1"]),
     ]
-    assert manifest.tasks[0].color == (128, 128, 128) and manifest.tasks[2].color == (255, 0, 0)
+    # Colours from the structure catalogue (Slicer's recommended grey-matter colour); red for a tumour.
+    assert manifest.tasks[0].color == catalogue().structure("grey_matter").color == (200, 200, 235)
+    assert manifest.tasks[2].color == (255, 0, 0)
     assert manifest.tasks[2].terminology["type"][2] == "Neoplasm"
     assert [m.name for m in manifest.modalities] == ["CT", "MR-T1"]
     assert manifest.preprocessing["spacing"] == [5.0, 5.0, 5.0]
