@@ -31,6 +31,13 @@ class OutputError(HermesError):
     """An output location cannot be written."""
 
 
+def os_error_message(error: OSError) -> str:
+    """One line for an operating-system failure (full disk, permission, missing folder): reason and path."""
+    reason = error.strerror or str(error) or type(error).__name__
+    paths = [p for p in (error.filename, error.filename2) if p is not None]
+    return f"{reason}: {' -> '.join(map(str, paths))}" if paths else reason
+
+
 class Cancelled(HermesError):
     """The run was cancelled by a signal; nothing was written."""
 

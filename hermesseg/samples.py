@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterator
 
+from .atomic import remove_stale_temporaries, temporary_prefix
 from .cache_paths import cache_root
 from .errors import HermesError
 
@@ -340,8 +341,9 @@ def _cache_state(path: Path, member: Member) -> str:
 def _temp_in(folder: Path, name: str) -> Iterator[Path]:
     """A temporary file next to the final one (same file system, so os.replace is atomic); removed unless kept."""
     folder.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(folder / name)  # a download killed with SIGKILL leaves its part file: ours, marked
     while True:  # like mkstemp, but with the usual umask-governed permissions (mkstemp makes 0600 files)
-        tmp_path = folder / f".{name}.{secrets.token_hex(6)}.part"
+        tmp_path = folder / f"{temporary_prefix(folder / name)}{secrets.token_hex(6)}.part"
         try:
             os.close(os.open(tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
             break

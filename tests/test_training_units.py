@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from hermesseg.errors import OutputError
 from hermesseg.training import checkpoint as ckpt_mod
 from hermesseg.training.augment import augment_intensity, apply_affine, draw_affine
 from hermesseg.training.cache import build_cache
@@ -276,7 +277,7 @@ def test_a_checkpoint_write_failing_midway_leaves_the_previous_one(tmp_path, mon
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(ckpt_mod.torch, "save", broken_save)
-    with pytest.raises(OSError, match="No space left"):
+    with pytest.raises(OutputError, match=f"cannot write {path}: No space left"):  # atomic_path names the target
         save_checkpoint(path, {"iteration": 20, "model": {"w": torch.zeros(1000)}})
     assert path.read_bytes() == before
     assert load_checkpoint(path)["iteration"] == 10

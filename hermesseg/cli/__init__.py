@@ -5,10 +5,11 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 
 from .. import __version__
-from ..errors import HermesError
+from ..errors import HermesError, os_error_message
 
 # Sub-command modules; each exposes register(subparsers) and sets func=run(args) -> exit code.
 COMMAND_MODULES = (
@@ -46,13 +47,37 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return 2
     try:
-        return int(args.func(args) or 0)
+        code = int(args.func(args) or 0)
+        sys.stdout.flush()  # a closed pipe must surface here, not in the interpreter's final flush
+        return code
     except HermesError as e:
         print(f"hermesseg {args.command}: error: {e}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
         print(f"hermesseg {args.command}: cancelled", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `hermesseg info MODEL | head -1`: the reader left; say nothing more
+        _silence_stdout()
+        return 141  # 128 + SIGPIPE, what a shell reports for a process killed by a broken pipe
+    except OSError as e:  # full disk, permissions, a folder where a file should be...: one line, no traceback
+        if args.verbose:
+            logging.exception("operating-system error")
+        print(f"hermesseg {args.command}: error: {os_error_message(e)}", file=sys.stderr)
+        return 1
+    except MemoryError:
+        print(f"hermesseg {args.command}: error: out of memory (try --fast, fewer --tasks or a smaller image)",
+              file=sys.stderr)
+        return 1
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so the interpreter's final flush does not report the broken pipe again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass
 
 
 if __name__ == "__main__":

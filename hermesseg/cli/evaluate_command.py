@@ -6,6 +6,7 @@ import json
 import sys
 from pathlib import Path
 
+from ..atomic import refuse_folder
 from ..device import DEVICES, resolve_device
 from ..errors import HermesError
 from ..evaluation.evaluate import evaluate, write_report
@@ -31,14 +32,19 @@ def _read_json(path: Path | None, what: str):
     if path is None:
         return None
     try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise HermesError(f"cannot read the {what} {path}: {e}") from None
+    if not isinstance(data, dict):
+        raise HermesError(f"the {what} {path} must be a JSON object, not {type(data).__name__}")
+    return data
 
 
 def run(args) -> int:
     if not 0.0 <= args.overlap < 1.0:
         raise HermesError(f"--overlap must be in [0, 1), got {args.overlap}")
+    if args.json is not None:
+        refuse_folder(args.json)  # before minutes of inference, not after
     model = load_model(args.model, device=resolve_device(args.device))
     report = evaluate(model, args.data, args.split, _read_json(args.splits, "splits file"),
                       _read_json(args.task_map, "task map"), InferenceOptions(fast=args.fast, overlap=args.overlap),

@@ -3,8 +3,6 @@ per-task NIfTI masks and probability maps. Every file and folder appears atomica
 
 from __future__ import annotations
 
-import contextlib
-import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -17,6 +15,7 @@ from ..atomic import atomic_path
 from ..catalogue import catalogue
 from ..errors import OutputError
 from ..manifest import TaskEntry
+from ..nifti_integrity import nifti_gz_complete
 from ..terminology import slicer_terminology_entry
 
 
@@ -93,26 +92,15 @@ class SegmentationWriter:
             slicerio.write_segmentation(str(tmp), segmentation, compression_level=1)
 
 
-@contextlib.contextmanager
-def atomic_folder(target: Path):
-    """A temporary sibling folder that replaces ``target`` on success and disappears on error."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
-        yield tmp
-        if target.exists():
-            old = target.with_name(f".{target.name}.old")
-            os.replace(target, old)
-            os.replace(tmp, target)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
 def write_map(array_zyx: np.ndarray, reference: sitk.Image, path: Path) -> None:
     image = sitk.GetImageFromArray(array_zyx)
     image.CopyInformation(reference)
-    sitk.WriteImage(image, str(path), useCompression=True)
+    try:
+        sitk.WriteImage(image, str(path), useCompression=True)
+        complete = not path.name.endswith(".nii.gz") or nifti_gz_complete(path, array_zyx.nbytes)
+        reason = "the file on disk is incomplete"
+    except RuntimeError as e:  # ITK reports an I/O error as a RuntimeError without errno
+        complete, reason = False, (str(e).strip().splitlines() or ["write failed"])[-1].split(": ERROR: ")[-1]
+    if not complete:
+        free = shutil.disk_usage(path.parent).free
+        raise OutputError(f"cannot write {path.name} ({reason}; {free / 1e6:.1f} MB free on the output disk)")

@@ -7,11 +7,12 @@ import contextlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..atomic import atomic_folder
 from ..imageio import dicom_modality, input_stem, read_image
 from ..model import HermesModel
 from ..output_paths import child_path
 from .modality_guess import guess_modality
-from .outputs import SegmentationWriter, atomic_folder, write_map
+from .outputs import SegmentationWriter, write_map
 from .pipeline import InferenceOptions, predict
 from ..progress import Progress
 
