@@ -28,6 +28,8 @@ from typing import Any
 from .errors import ModelFileError
 from .names import check_name, check_text, shown
 from .network import HermesRConfig
+from .network.config import patch_size_problem
+from .preprocessing import Preprocessing
 
 FORMAT_NAME = "hermes-model"
 FORMAT_VERSION = 1
@@ -196,6 +198,12 @@ class Manifest:
         for key in ("spacing", "intensity"):
             if key not in self.preprocessing:
                 raise ModelFileError(f"manifest preprocessing is missing {key!r}")
+        try:
+            pre = Preprocessing.from_dict(self.preprocessing)
+        except (TypeError, ValueError, AttributeError) as e:
+            raise ModelFileError(f"invalid manifest preprocessing: {e}") from None
+        if patch_size_problem(pre.patch_size):
+            raise ModelFileError(f"manifest preprocessing: {patch_size_problem(pre.patch_size)}")
         if not isinstance(self.preprocessing["intensity"], dict):
             raise ModelFileError("manifest preprocessing.intensity must map modality names to normalisations")
         missing_norm = modality_names - set(self.preprocessing["intensity"])

@@ -244,11 +244,12 @@ def _geometry(reader: sitk.ImageFileReader):
     return size, spacing, origin, direction
 
 
-def check_case(dataset: Dataset, case: Case) -> np.ndarray:
-    """Check one case's image/label grids and label values; returns the label values present (sorted)."""
-    img = _geometry(_read_info(case.image, dataset.name, case.name, "image"))
-    lab = _geometry(_read_info(case.label, dataset.name, case.name, "label"))
-    prefix = f"dataset {dataset.name}, case {case.name}: label and image are on different grids"
+def check_same_grid(dataset: str, case: Case) -> None:
+    """The case's label must be on its image's grid (size, spacing, origin, direction), both readable 3D scalars:
+    training and evaluation compare them voxel for voxel. Reads the headers only."""
+    img = _geometry(_read_info(case.image, dataset, case.name, "image"))
+    lab = _geometry(_read_info(case.label, dataset, case.name, "label"))
+    prefix = f"dataset {dataset}, case {case.name}: label and image are on different grids"
     if img[0] != lab[0]:
         raise DatasetError(f"{prefix} (size {lab[0]} vs image {img[0]})")
     if not np.allclose(img[1], lab[1], rtol=_SPACING_RTOL, atol=0):
@@ -258,6 +259,11 @@ def check_case(dataset: Dataset, case: Case) -> np.ndarray:
     if not np.allclose(img[3], lab[3], rtol=0, atol=_DIRECTION_ATOL):
         raise DatasetError(f"{prefix} (direction {tuple(np.round(lab[3].ravel(), 5))} vs image "
                            f"{tuple(np.round(img[3].ravel(), 5))})")
+
+
+def check_case(dataset: Dataset, case: Case) -> np.ndarray:
+    """Check one case's image/label grids and label values; returns the label values present (sorted)."""
+    check_same_grid(dataset.name, case)
     try:
         label = sitk.ReadImage(str(case.label))
     except RuntimeError as e:

@@ -10,11 +10,14 @@ stores its axes: flipped or permuted copies of one physical image give the same 
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 import SimpleITK as sitk
+
+from .errors import InputImageError
 
 CT_CLIP_ZSCORE = "ct_clip_zscore"
 PERCENTILE_CLIP_ZSCORE = "percentile_clip_zscore"
@@ -34,6 +37,12 @@ _MR_BODY_LEVEL = 0.10
 _MIN_BODY_FRACTION = 0.02
 # Below this standard deviation the region is constant: centre it without dividing.
 _MIN_STD = 1e-6
+# Model-grid memory limit (GiB), overridable with HERMESSEG_MAX_GRID_GB. Inference holds float32 copies of the grid
+# (resampled, normalised, the network's input) plus one float32 probability channel per task; 12 GiB is half of a
+# 24 GB workstation, leaving room for the input image, torch and the input-grid outputs.
+MAX_GRID_GB_ENV = "HERMESSEG_MAX_GRID_GB"
+DEFAULT_MAX_GRID_GB = 12.0
+_GRID_WORKING_COPIES = 4
 
 
 @dataclass(frozen=True)
@@ -123,12 +132,30 @@ class Preprocessing:
         return cls(**{**d, "intensity": intensity})
 
 
-def to_model_grid(image: sitk.Image, spacing: Sequence[float]) -> sitk.Image:
+def check_grid_memory(size: Sequence[int], spacing: Sequence[float], channels: int = 1) -> None:
+    """Refuse, before anything is allocated, a model grid whose float32 arrays (``channels`` per-task maps plus the
+    working copies) would exceed ``HERMESSEG_MAX_GRID_GB`` (default ``DEFAULT_MAX_GRID_GB``) GiB."""
+    raw = os.environ.get(MAX_GRID_GB_ENV, "")
+    try:
+        limit = float(raw) if raw.strip() else DEFAULT_MAX_GRID_GB
+    except ValueError:
+        raise InputImageError(f"{MAX_GRID_GB_ENV}={raw!r} is not a number of GiB") from None
+    needed = float(np.prod([float(n) for n in size])) * 4 * (channels + _GRID_WORKING_COPIES) / 2**30
+    if needed > limit:
+        raise InputImageError(
+            f"the image would need {needed:.1f} GiB on the model grid ({' x '.join(str(int(n)) for n in size)} voxels "
+            f"at {' x '.join(f'{s:g}' for s in spacing)} mm, {channels} task(s)); the limit is {limit:g} GiB. Use "
+            f"--fast, fewer --tasks, a cropped image, or raise {MAX_GRID_GB_ENV}")
+
+
+def to_model_grid(image: sitk.Image, spacing: Sequence[float], channels: int = 1) -> sitk.Image:
     """Reorient to LPS and resample to ``spacing`` (linear, outside filled with the image minimum), as float32.
 
     ``DICOMOrient`` first permutes and flips axes exactly (no interpolation); only an oblique image, or a spacing
     that differs by more than 0.1%, is then interpolated, in a single resampling onto the grid of the module docstring.
+    ``channels`` (the tasks the caller will compute) sizes the memory check made before anything is allocated.
     """
+    check_grid_memory(_grid_size(*_corner_box(image), spacing), spacing, channels)
     oriented = sitk.DICOMOrient(_float32(image), "LPS")
     if _is_axis_aligned(oriented) and np.allclose(oriented.GetSpacing(), spacing, rtol=_SPACING_RTOL, atol=0):
         return oriented
@@ -196,14 +223,24 @@ def resample_to_input(probabilities: np.ndarray, model_grid: sitk.Image, input_i
     return out
 
 
-def _model_grid_for(image: sitk.Image, spacing: Sequence[float]) -> sitk.Image:
-    """An empty identity-direction image at ``spacing`` centred on the axis-aligned box around the voxel corners."""
+def _corner_box(image: sitk.Image) -> tuple[np.ndarray, np.ndarray]:
+    """The axis-aligned physical box (lo, hi) around the image's voxel corners."""
     size = np.array(image.GetSize())
     corners = np.array([image.TransformContinuousIndexToPhysicalPoint(np.where(bits, size - 0.5, -0.5).tolist())
                         for bits in np.ndindex(2, 2, 2)])
-    lo, hi = corners.min(axis=0), corners.max(axis=0)
+    return corners.min(axis=0), corners.max(axis=0)
+
+
+def _grid_size(lo: np.ndarray, hi: np.ndarray, spacing: Sequence[float]) -> np.ndarray:
+    """Voxels per axis (x, y, z) of the model grid over the box (lo, hi) at ``spacing`` (arithmetic only)."""
+    return np.maximum(1, np.round((hi - lo) / np.asarray(spacing, dtype=float))).astype(np.int64)
+
+
+def _model_grid_for(image: sitk.Image, spacing: Sequence[float]) -> sitk.Image:
+    """An empty identity-direction image at ``spacing`` centred on the axis-aligned box around the voxel corners."""
+    lo, hi = _corner_box(image)
     spacing = np.asarray(spacing, dtype=float)
-    new_size = np.maximum(1, np.round((hi - lo) / spacing)).astype(int)
+    new_size = _grid_size(lo, hi, spacing)
     origin = (lo + hi) / 2 - (new_size - 1) * spacing / 2
     grid = sitk.Image([int(s) for s in new_size], sitk.sitkUInt8)
     grid.SetSpacing(spacing.tolist())

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ..default_model import require_model_path
 from ..device import DEVICES, resolve_device
-from ..errors import HermesError
+from ..errors import HermesError, QueryError, os_error_message
 from ..imageio import expand_inputs
 from ..inference.cancel import cancel_on_signals
 from ..inference.outputs import check_writable
@@ -38,6 +38,17 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
+def task_list(values: list[str] | None) -> list[str] | None:
+    """``--tasks`` values -> names; None when --tasks is not given (every task). Given but empty is refused."""
+    if values is None:
+        return None
+    names = [n.strip() for item in values for n in item.split(",") if n.strip()]
+    if not names:
+        raise QueryError(f"--tasks {', '.join(map(repr, values))} names no task; give task or group names, comma "
+                         f"separated, or leave --tasks out to run every task of the modality")
+    return names
+
+
 def run(args) -> int:
     progress = Progress(args.progress)
     try:
@@ -48,7 +59,7 @@ def run(args) -> int:
                 raise HermesError("--batch-size must be at least 1")
             inputs = expand_inputs(args.inputs)
             check_writable(args.output)
-            task_names = [n for item in (args.tasks or []) for n in item.split(",") if n.strip()] or None
+            task_names = task_list(args.tasks)
             progress.update("load", 0.0, "loading the model")
             model = load_model(require_model_path(args.model), device=resolve_device(args.device))
             if args.modality:
@@ -59,8 +70,8 @@ def run(args) -> int:
                                                       batch_size=args.batch_size,
                                                       largest_component=args.largest_component))
             outputs = segment_inputs(model, request, progress)
-    except HermesError as e:
-        progress.error(str(e))
+    except (HermesError, OSError) as e:
+        progress.error(os_error_message(e) if isinstance(e, OSError) else str(e))
         raise
     finally:
         progress.close()  # whatever ends the run, the bar is gone before the CLI prints its line

@@ -15,7 +15,7 @@ from ..errors import DatasetError, QueryError
 from ..imageio import read_image
 from ..inference.pipeline import InferenceOptions, predict
 from ..model import HermesModel
-from ..nnunet import read_dataset
+from ..nnunet import check_same_grid, read_dataset
 from .metrics import dice, hd95
 
 
@@ -73,9 +73,12 @@ def cases_for_split(dataset: str, cases: list, split: str, splits: dict | None) 
         return cases
     if splits is None:
         raise DatasetError(f"--split {split} needs a splits file (a training run's splits.json) or --split all")
-    entry = splits.get("datasets", splits).get(dataset)  # a run's splits.json, or {dataset: splits}
-    if entry is None or split not in entry:
+    per_dataset = splits.get("datasets", splits)  # a run's splits.json, or {dataset: splits}
+    entry = per_dataset.get(dataset) if isinstance(per_dataset, dict) else None
+    if not isinstance(entry, dict) or split not in entry:
         raise DatasetError(f"the splits file has no {split!r} split for dataset {dataset!r}")
+    if not (isinstance(entry[split], list) and all(isinstance(n, str) for n in entry[split])):
+        raise DatasetError(f"the splits file's {split!r} split of dataset {dataset!r} must be a list of case names")
     names = set(entry[split])
     return [c for c in cases if c.name in names]
 
@@ -103,7 +106,10 @@ def evaluate(model: HermesModel, data: list[Path], split: str = "all", splits: d
             raise QueryError(f"dataset {name!r}: none of its labels matches a task of the model "
                              f"(expected names like {name}_<label>; use a task map)")
         modality = pairs[0][0].modalities[0]
-        for case in cases_for_split(name, cases, split, splits):
+        selected = cases_for_split(name, cases, split, splits)
+        for case in selected:  # every case is checked before the first prediction, as train does
+            check_same_grid(name, case)
+        for case in selected:
             if progress:
                 progress(f"{name}/{case.name}")
             image = read_image(case.image)

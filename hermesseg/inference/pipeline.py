@@ -82,7 +82,7 @@ def predict(model: HermesModel, image: sitk.Image, tasks: list[TaskEntry], modal
     pre = Preprocessing.from_dict(model.manifest.preprocessing)
     modality_entry = model.modality(modality)
     report("preprocess", 0.0, "resampling and normalising")
-    grid = to_model_grid(image, working_spacing(model, options.fast))
+    grid = to_model_grid(image, working_spacing(model, options.fast), channels=len(tasks))
     raw = sitk.GetArrayFromImage(grid)
     norm = pre.norm_for(modality_entry.name)
     box = body_box(raw, norm, margin=8) if options.crop_to_body else tuple(slice(0, n) for n in raw.shape)

@@ -6,6 +6,21 @@ from dataclasses import asdict, dataclass, fields
 
 # Width multipliers of the five resolution levels (1, 1/2, 1/4, 1/8, 1/16), capped at 10x base like nnU-Net.
 WIDTH_MULTIPLIERS = (1, 2, 4, 8, 10)
+# Four 2x max-pooling stages: the coarsest level is 1/16 of the input.
+TOTAL_STRIDE = 16
+
+
+def patch_size_problem(patch_size) -> str | None:
+    """Why a (z, y, x) patch cannot go through Hermes-R, or None. Each max-pool halves a size (rounding down), so
+    the coarsest level has ``n // 16`` voxels per axis: it must be at least 1, and the whole level more than one
+    voxel, which instance normalisation needs in training."""
+    coarsest = [int(n) // TOTAL_STRIDE for n in patch_size]
+    if min(coarsest) < 1 or coarsest[0] * coarsest[1] * coarsest[2] < 2:
+        return (f"patch size {list(patch_size)} is too small for Hermes-R: its four 2x poolings leave "
+                f"{'x'.join(map(str, coarsest))} voxels at the coarsest level (1/{TOTAL_STRIDE}), which needs at least "
+                f"1 per axis and 2 in all; use at least {TOTAL_STRIDE} voxels per axis and {2 * TOTAL_STRIDE} along "
+                f"one (multiples of {TOTAL_STRIDE} are best)")
+    return None
 
 
 @dataclass(frozen=True)

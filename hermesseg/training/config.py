@@ -18,6 +18,7 @@ from ..errors import HermesError
 from ..modalities import KNOWN_MODALITIES
 from ..names import check_name, check_text
 from ..network import HermesRConfig
+from ..network.config import patch_size_problem
 from ..preprocessing import IntensityNorm
 
 
@@ -158,6 +159,8 @@ def resolve_config(user: Mapping[str, Any]) -> dict:
         raise TrainingConfigError("betas must be two numbers in [0, 1)")
     cfg["spacing"] = _positive_triple(cfg["spacing"], "spacing", float)
     cfg["patch_size"] = _positive_triple(cfg["patch_size"], "patch_size", int)
+    if patch_size_problem(cfg["patch_size"]):
+        raise TrainingConfigError(patch_size_problem(cfg["patch_size"]))
 
     check_name(cfg["name"], "name (the model name)", TrainingConfigError)
     check_name(cfg["version"], "version", TrainingConfigError)
