@@ -33,11 +33,12 @@ class Progress:
         self.stream.write(json.dumps(obj) + "\n")
         self.stream.flush()
 
-    def update(self, stage: str, fraction: float, message: str = "") -> None:
+    def update(self, stage: str, fraction: float, message: str = "", **fields) -> None:
+        """``fields``: extra JSON keys of this event (training: ``step``, ``total``, ``loss``, ``eta_s``...)."""
         fraction = min(max(fraction, self._last), 1.0)
         self._last = fraction
         if self.mode == "json":
-            self._emit({"stage": stage, "fraction": round(fraction, 4), "message": message})
+            self._emit({"stage": stage, "fraction": round(fraction, 4), "message": message, **fields})
         elif self._bar is not None:
             self._bar.set_description_str(message or stage)
             self._bar.n = int(fraction * 1000)

@@ -259,3 +259,24 @@ def test_sigterm_stops_after_a_checkpoint_and_the_run_resumes(tmp_path, work):
     assert not (tmp_path / "stopped.safetensors").exists()
     assert train(TrainRequest(resume=str(tmp_path / "stopped.run"))).iterations == 6
     assert (tmp_path / "stopped.safetensors").is_file()
+
+
+def test_train_progress_json_is_the_segment_protocol(tmp_path, work):
+    """`train --progress json`: stdout holds only JSON events, one per logged iteration, then one naming the model."""
+    _, cache = work
+    cfg = {**CONFIG, "iterations": 3, "checkpoint_every": 3}
+    (tmp_path / "cfg.json").write_text(json.dumps(cfg))
+    out = tmp_path / "p.safetensors"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    cmd = [sys.executable, "-m", "hermesseg.cli", "train", "--data", str(require(MNI)), "-o", str(out), "--config",
+           str(tmp_path / "cfg.json"), "--cache-dir", str(cache), "--device", "cpu", "--progress", "json"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    events = [json.loads(line) for line in proc.stdout.splitlines()]
+    steps = [e for e in events if e["stage"] == "train"]
+    assert [e["step"] for e in steps] == [1, 2, 3] and all(e["total"] == 3 for e in steps)
+    assert [e["fraction"] for e in steps] == [pytest.approx(1 / 3, abs=1e-4), pytest.approx(2 / 3, abs=1e-4), 1.0]
+    assert all(e["loss"] > 0 and e["eta_s"] >= 0 for e in steps) and steps[-1]["eta_s"] == 0
+    assert events[-1]["stage"] == "done" and events[-1]["outputs"][0]["model"] == str(out)
+    assert events[-1]["outputs"][0]["iterations"] == 3 and out.is_file()
+    assert f"wrote {out}" in proc.stderr

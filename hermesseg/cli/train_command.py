@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 
+from ..errors import HermesError
+from ..progress import Progress
 from ..training import DEFAULTS, TrainRequest, train
 
 
@@ -26,6 +29,9 @@ def register(sub) -> None:
     p.add_argument("--cache-dir", help="preprocessing cache folder (default $HERMESSEG_CACHE/training or "
                                        "~/.cache/hermesseg/training)")
     p.add_argument("--num-workers", type=int, help="DataLoader worker processes (overrides the config)")
+    p.add_argument("--progress", choices=("bar", "json", "none"), default="none",
+                   help="json: one JSON object per logged iteration on stdout (stage, fraction, message, step, "
+                        "total, loss, eta_s; the last names the model file), as `segment --progress json`")
     p.add_argument("--print-defaults", action="store_true", help="print the default configuration and exit")
     p.set_defaults(func=run)
 
@@ -37,5 +43,13 @@ def run(args) -> int:
     request = TrainRequest(data=list(args.data), output=args.output, config=args.config, init=args.init,
                            resume=args.resume, run_dir=args.run_dir, iterations=args.iterations, device=args.device,
                            cache_dir=args.cache_dir, num_workers=args.num_workers)
-    train(request)
+    progress = Progress(args.progress if int(os.environ.get("RANK", "0")) == 0 else "none")  # rank 0 reports
+    try:
+        result = train(request, progress=progress)
+    except HermesError as e:
+        progress.error(str(e))
+        raise
+    progress.done([{"model": str(result.output), "run_dir": str(result.run_dir), "iterations": result.iterations,
+                    "selected": result.selected, "validation_dice": result.validation_dice}],
+                  f"wrote {result.output}")
     return 0

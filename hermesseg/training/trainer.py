@@ -22,6 +22,7 @@ import hashlib
 import json
 import logging
 import signal
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -178,7 +179,7 @@ def _train(request: TrainRequest, ctx: DistContext, after_iteration, progress) -
             log.warning("resuming with %d processes instead of %d: the data stream differs from the original run",
                         ctx.world_size, payload["sampler"]["world_size"])
         if ctx.is_main:
-            print(f"resuming {run_dir} at iteration {start}", flush=True)
+            print(f"resuming {run_dir} at iteration {start}", file=sys.stderr, flush=True)
     elif setup.resumed:
         log.warning("%s has no checkpoint yet: starting the run from iteration 0", run_dir)
     if start >= cfg["iterations"] and ctx.is_main:
@@ -283,6 +284,6 @@ def _train(request: TrainRequest, ctx: DistContext, after_iteration, progress) -
         write_curves(run_dir / "metrics.jsonl", run_dir / "curves.png")
         print(f"wrote {setup.output}: {len(manifest.tasks)} tasks, {iteration} iterations, model = {selected} EMA "
               f"weights{'' if val_dice is None else f' (validation Dice {val_dice:.3f})'}; run: {run_dir}",
-              flush=True)
+              file=sys.stderr, flush=True)
     ctx.barrier()
     return TrainResult(setup.output, run_dir, iteration, selected, val_dice, manifest)
