@@ -77,6 +77,7 @@ class LineageRecord:
     datasets: list[str] = field(default_factory=list)
     tasks: list[str] = field(default_factory=list)
     notes: str = ""
+    details: dict = field(default_factory=dict)  # e.g. add-task: mode, case ids, data hash, steps, measured figures
 
 
 @dataclass

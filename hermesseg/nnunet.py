@@ -6,6 +6,15 @@ and, where it applies, the case: missing or unreadable ``dataset.json``, no trai
 another grid than its image (size, spacing, origin, direction), label values not listed in ``labels``, a modality the
 model does not have.
 
+Optional per-label display block (written by Slicer; validated as untrusted input)::
+
+    "label_info": {"<label>": {"color": [r, g, b],
+                               "terminology": {"category": [scheme, code, meaning], "type": [scheme, code, meaning],
+                                               "modifier": [scheme, code, meaning] or null},
+                               "display_name": "..."}}
+
+Every key is optional; given values replace the colour and SNOMED terminology derived from the label's name.
+
 Tasks. Each dataset's non-background labels become tasks ``<dataset>_<label>`` in group ``<dataset>`` with the
 dataset's (mapped) modality. Per dataset the config may rename labels (``"tasks": {"liver": "abdomen_liver"}``), merge
 several labels into one task (map them to the same name), drop a label (map it to ``null``: its voxels become
@@ -61,6 +70,7 @@ class Dataset:
     shippable: bool | None = None
     license: str = ""
     description: str = ""
+    label_info: dict[str, dict] = field(default_factory=dict)  # label -> validated label_info entry
 
     def case(self, name: str) -> Case:
         for c in self.cases:
@@ -202,6 +212,61 @@ def resolve_modality(dataset: str, raw: str, model_modalities: Sequence[str], mo
                        f"Map it in the config, e.g. \"modality_map\": {{\"{raw}\": \"{model_modalities[0]}\"}}.{hint}")
 
 
+_LABEL_INFO_KEYS = {"color", "terminology", "display_name"}
+_TERMINOLOGY_KEYS = {"category", "type", "modifier"}
+_MAX_TEXT = 128
+
+
+def _text(value, where: str) -> str:
+    if not isinstance(value, str) or not value.strip() or len(value) > _MAX_TEXT or \
+            any(ord(ch) < 32 for ch in value):
+        raise DatasetError(f"{where} must be a non-empty string of at most {_MAX_TEXT} printable characters")
+    return value.strip()
+
+
+def _code_triplet(value, where: str) -> list[str]:
+    if not (isinstance(value, list) and len(value) == 3):
+        raise DatasetError(f"{where} must be [coding scheme, code, meaning], e.g. [\"SCT\", \"10200004\", \"Liver\"]")
+    return [_text(v, where) for v in value]
+
+
+def read_label_info(meta: dict, labels: Mapping[str, int], dataset: str) -> dict[str, dict]:
+    """Validate dataset.json's optional ``label_info`` block (see the module docstring)."""
+    info = meta.get("label_info")
+    if info is None:
+        return {}
+    if not isinstance(info, dict):
+        raise DatasetError(f"dataset {dataset}: label_info must map label names to objects")
+    out: dict[str, dict] = {}
+    for label, entry in info.items():
+        where = f"dataset {dataset}: label_info[{label!r}]"
+        if label not in labels or labels[label] == 0:
+            raise DatasetError(f"{where}: not a non-background label of 'labels'")
+        if not isinstance(entry, dict) or set(entry) - _LABEL_INFO_KEYS:
+            raise DatasetError(f"{where} must be an object with keys among {', '.join(sorted(_LABEL_INFO_KEYS))}")
+        clean: dict = {}
+        if "color" in entry:
+            c = entry["color"]
+            if not (isinstance(c, list) and len(c) == 3 and all(isinstance(v, int) and not isinstance(v, bool)
+                                                               and 0 <= v <= 255 for v in c)):
+                raise DatasetError(f"{where}.color must be three integers 0..255")
+            clean["color"] = tuple(c)
+        if "terminology" in entry:
+            t = entry["terminology"]
+            if not isinstance(t, dict) or set(t) - _TERMINOLOGY_KEYS or not {"category", "type"} <= set(t):
+                raise DatasetError(f"{where}.terminology must be an object with 'category', 'type' and optionally "
+                                   f"'modifier'")
+            clean["terminology"] = {
+                "category": _code_triplet(t["category"], f"{where}.terminology.category"),
+                "type": _code_triplet(t["type"], f"{where}.terminology.type"),
+                "modifier": None if t.get("modifier") is None else _code_triplet(t["modifier"],
+                                                                                 f"{where}.terminology.modifier")}
+        if "display_name" in entry:
+            clean["display_name"] = _text(entry["display_name"], f"{where}.display_name")
+        out[label] = clean
+    return out
+
+
 def dataset_modality_string(meta: dict) -> str:
     raw = meta.get("modality")
     if not raw:
@@ -307,7 +372,8 @@ def load_datasets(paths: Iterable[str | Path], model_modalities: Sequence[str], 
         ds = Dataset(name=name, root=Path(path).resolve(), modality=raw, model_modality=model_modality,
                      labels=labels, file_ending=meta["file_ending"], cases=cases,
                      shippable=shippable if isinstance(shippable, bool) else None,
-                     license=str(meta.get("license", "")), description=str(meta.get("description", "")))
+                     license=str(meta.get("license", "")), description=str(meta.get("description", "")),
+                     label_info=read_label_info(meta, labels, name))
         if check_cases:
             for case in cases:
                 check_case(ds, case)
@@ -357,7 +423,9 @@ def plan_tasks(datasets: Sequence[Dataset], dataset_settings: Mapping[str, Mappi
             value_to_slot[value] = names.index(task_name) + 1
             spec = tasks.get(task_name)
             if spec is None:
-                tasks[task_name] = TaskSpec(task_name, group, structure, [ds.model_modality], [ds.name])
+                shown = ds.label_info.get(label, {})
+                tasks[task_name] = TaskSpec(task_name, group, structure, [ds.model_modality], [ds.name],
+                                            shown.get("color"), shown.get("terminology"), shown.get("display_name"))
             else:
                 if ds.model_modality not in spec.modalities:
                     spec.modalities.append(ds.model_modality)

@@ -18,6 +18,7 @@ COMMAND_MODULES = (
     "sample_command",
     "segment_command",
     "train_command",
+    "add_task_command",
     "evaluate_command",
 )
 

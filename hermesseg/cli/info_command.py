@@ -34,4 +34,8 @@ def run(args) -> int:
     for record in summary["lineage"]:
         print(f"lineage: {record['operation']} {record['created']} parent={str(record['parent'])[:12]} "
               f"datasets={','.join(record['datasets'])}")
+        if record["operation"] != "train" and record.get("tasks"):
+            print(f"  tasks: {', '.join(record['tasks'])}")
+        if record.get("notes") and record["operation"] != "train":
+            print(f"  {record['notes']}")
     return 0

@@ -62,3 +62,14 @@ class ModalityHead(nn.Module):
 
     def forward(self, modality_tokens: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.norm(modality_tokens).mean(dim=1))
+
+    @torch.no_grad()
+    def append_classes(self, copy_of: list[int]) -> None:
+        """One more output per entry of ``copy_of``, a copy of that class's weights (a new modality, spec 4)."""
+        old = self.classifier.fc2
+        index = torch.as_tensor(copy_of, dtype=torch.long)
+        new = nn.Linear(old.in_features, old.out_features + len(copy_of)).to(old.weight)
+        new.weight.copy_(torch.cat([old.weight, old.weight[index]]))
+        new.bias.copy_(torch.cat([old.bias, old.bias[index]]))
+        new.requires_grad_(old.weight.requires_grad)
+        self.classifier.fc2 = new

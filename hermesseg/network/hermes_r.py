@@ -71,7 +71,7 @@ class HermesR(nn.Module):
 
     @property
     def num_task_rows(self) -> int:
-        return self.fusion[0].task_prior.shape[0]
+        return self.fusion[0].num_task_rows
 
     def _check_ids(self, task_ids: torch.Tensor, modality_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if task_ids.dim() != 2:
@@ -116,3 +116,30 @@ class HermesR(nn.Module):
             layer.append_task_rows(rows)
         self.config = HermesRConfig.from_dict({**self.config.to_dict(), "num_task_rows": first + count})
         return list(range(first, first + count))
+
+    @torch.no_grad()
+    def add_new_rows(self, init_from: list[int], modality_init_from: list[int] | None = None) -> list[int]:
+        """Incremental learning (spec 4): one new task row per entry of ``init_from`` (a copy of that task's rows)
+        and one new modality block per entry of ``modality_init_from`` (a copy of that modality's block), in every
+        fusion layer, as separate parameters (``new_prior_parameters``); the modality head gets a matching output
+        (a copy of the source modality's, frozen: the auxiliary head is ignored at inference). ``fold_new_rows``
+        then gives the ordinary layout. Returns the new task ids."""
+        first, mods = self.num_task_rows, list(modality_init_from or [])
+        rows = torch.as_tensor(init_from, dtype=torch.long)
+        for layer in self.fusion:
+            blocks = layer.modality_prior.data[torch.as_tensor(mods, dtype=torch.long)] if mods else None
+            layer.add_new_rows(layer.task_prior.data[rows], blocks)
+        if mods:
+            self.modality_head.append_classes(mods)
+        self.config = HermesRConfig.from_dict({**self.config.to_dict(), "num_task_rows": first + len(init_from),
+                                               "num_modalities": self.config.num_modalities + len(mods)})
+        return list(range(first, first + len(init_from)))
+
+    def new_prior_parameters(self) -> list[nn.Parameter]:
+        """The parameters ``add_new_rows`` created: all that add-task --mode priors trains."""
+        return [p for layer in self.fusion for p in (layer.new_task_prior, layer.new_modality_prior) if p is not None]
+
+    @torch.no_grad()
+    def fold_new_rows(self) -> None:
+        for layer in self.fusion:
+            layer.fold_new_rows()
