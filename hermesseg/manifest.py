@@ -237,6 +237,9 @@ class Manifest:
             for name in _entries(r.tasks, f"lineage[{i}] tasks"):
                 check_name(name, f"lineage[{i}] task", ModelFileError)
             check_text(r.notes, f"lineage[{i}] notes", ModelFileError)
+            if not isinstance(r.details, dict):
+                raise ModelFileError(f"lineage[{i}] details must be a JSON object, not {type(r.details).__name__}")
+            _check_card(r.details, f"lineage[{i}] details")
         if not isinstance(self.card, dict):
             raise ModelFileError(f"manifest card must be a JSON object, not {type(self.card).__name__}")
         _check_card(self.card, "card")

@@ -36,7 +36,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from .errors import DatasetError
-from .names import check_name
+from .names import check_name, check_text
 
 log = logging.getLogger(__name__)
 
@@ -218,10 +218,9 @@ _MAX_TEXT = 128
 
 
 def _text(value, where: str) -> str:
-    if not isinstance(value, str) or not value.strip() or len(value) > _MAX_TEXT or \
-            any(ord(ch) < 32 for ch in value):
-        raise DatasetError(f"{where} must be a non-empty string of at most {_MAX_TEXT} printable characters")
-    return value.strip()
+    if not isinstance(value, str) or not value.strip():
+        raise DatasetError(f"{where} must be a non-empty string")
+    return check_text(value.strip(), where, DatasetError, max_length=_MAX_TEXT)
 
 
 def _code_triplet(value, where: str) -> list[str]:

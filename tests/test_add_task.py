@@ -256,6 +256,7 @@ def test_bad_inputs_are_refused_before_any_work(tmp_path, capsys):
     _refused(tmp_path, capsys, ["", "--data", breast, "--group", "b", "--init-from", "no_such_task"],
              r"--init-from 'no_such_task': the base model has no such task")
     _refused(tmp_path, capsys, ["", "--data", breast, "--group", "b", "-o", str(BASE)], r"is the base model")
+    _refused(tmp_path, capsys, ["", "--data", breast, "--group", "../x"], r"--group '../x' is not a valid name")
     junk = tmp_path / "junk.safetensors"
     junk.write_bytes(b"not a model at all" * 10)
     _refused(tmp_path, capsys, [str(junk), "--data", breast, "--group", "b"], r"BASE: .* not a readable Hermes model")
@@ -305,7 +306,7 @@ def test_label_info_gives_colour_terminology_and_name_and_is_validated(tmp_path,
                          ({"breast_lesion": {"terminology": {"type": ["SCT", "1"]}}}, r"terminology must be"),
                          ({"breast_lesion": {"terminology": {"category": ["SCT", "1", "x"], "type": ["SCT", "", "y"]}}},
                           r"terminology.type must be a non-empty string"),
-                         ({"breast_lesion": {"display_name": "a\nb"}}, r"display_name must be")):
+                         ({"breast_lesion": {"display_name": "a\nb"}}, r"display_name 'a\\nb' contains the character")):
         ds = _breast_copy(tmp_path, label_info=bad)
         with pytest.raises(DatasetError, match=pattern):
             load_datasets([ds], ["MR"], {})

@@ -39,6 +39,7 @@ from ..manifest import LineageRecord, Manifest, TaskEntry, architecture_dict
 from ..modalities import default_intensity, modality_entry
 from ..model import HermesModel
 from ..model_file import save_model
+from ..names import check_name
 from ..network import NULL_TASK, HermesR
 from ..nnunet import Dataset, TaskPlan, check_case, dataset_modality_string, load_datasets, plan_tasks, read_dataset
 from ..preprocessing import IntensityNorm, Preprocessing
@@ -144,6 +145,7 @@ def check_request(request: AddTaskRequest) -> _Checked:
     if any(m.lower() != modality.lower() for m in raw_modalities):
         raise DatasetError(f"the datasets have different modalities ({', '.join(sorted(set(raw_modalities)))}); "
                            f"add them one modality at a time, or name one with --modality")
+    check_name(modality, "--modality" if request.modality else "the datasets' modality", DatasetError)
     existing = {m.lower(): m for m in known}
     new_modality = modality.lower() not in existing
     modality = existing.get(modality.lower(), modality)
@@ -151,7 +153,7 @@ def check_request(request: AddTaskRequest) -> _Checked:
                              {raw: modality for raw in raw_modalities}, check_cases=False)
     present = _labels_present(datasets)
 
-    group = request.group or datasets[0].name
+    group = check_name(request.group or datasets[0].name, "--group", QueryError)
     if group in manifest.groups:
         raise QueryError(f"group {group!r} already exists in the base model (its tasks would be queried together "
                          f"with the new ones and change); choose another name with --group")
