@@ -311,3 +311,24 @@ def test_label_info_gives_colour_terminology_and_name_and_is_validated(tmp_path,
         with pytest.raises(DatasetError, match=pattern):
             load_datasets([ds], ["MR"], {})
         shutil.rmtree(ds)
+
+
+def test_the_forgetting_check_sees_a_one_ulp_change_in_a_shared_weight():
+    """The check add-task runs before writing: a real model against a copy whose stem differs in one weight by one
+    unit in the last place must be reported as changed (and the identical copy as identical)."""
+    import copy
+
+    from hermesseg.training.forgetting import compare_parent_tasks
+
+    base = load_model(BASE)
+    image = sitk.GetArrayFromImage(to_model_grid(read_image(require(MODALITY_IMAGES["CT"])), (3.0, 3.0, 3.0)))
+    image = normalize_intensity(image, Preprocessing.from_dict(base.manifest.preprocessing).norm_for("CT"))
+    same = copy.deepcopy(base.network)
+    report = compare_parent_tasks(base.network, same, base.manifest, image, (32, 32, 32))
+    assert report.identical and report.max_abs_difference == 0.0 and report.tasks == 113 and report.queries == 8
+    nudged = copy.deepcopy(base.network)
+    with torch.no_grad():
+        w = nudged.stem.conv.weight.view(-1)
+        w[0] = torch.nextafter(w[0], torch.tensor(float("inf")))
+    report = compare_parent_tasks(base.network, nudged, base.manifest, image, (32, 32, 32))
+    assert not report.identical and report.max_abs_difference > 0.0
