@@ -55,6 +55,9 @@ class TaskEntry:
     color: tuple[int, int, int] = (128, 174, 128)
     terminology: dict | None = None  # {"category": [scheme, code, meaning], "type": [...], "modifier": [...]|None}
     description: str = ""
+    # Measured on images the task's labels never came from: {"heldout_dice": float, "heldout_cases": int,
+    # "source": str}; None = seen in training only (no such measurement).
+    quality: dict | None = None
 
 
 @dataclass
@@ -194,6 +197,7 @@ class Manifest:
                                      f"known: {sorted(modality_names)}")
             if len(t.color) != 3 or not all(type(c) is int and 0 <= c <= 255 for c in t.color):
                 raise ModelFileError(f"task {t.name!r} has an invalid colour {t.color!r}")
+            check_quality(t)
             seen_ids.add(t.id)
             seen_names.add(t.name)
         for key in ("spacing", "intensity"):
@@ -281,6 +285,21 @@ def _check_card(value, field: str) -> None:
             _check_card(item, f"{field}[{i}]")
     elif isinstance(value, str):
         check_text(value, field, ModelFileError)
+
+
+def check_quality(task: TaskEntry) -> None:
+    """A task's measured quality is None or {"heldout_dice": 0..1, "heldout_cases": int >= 1, "source": text}."""
+    q = task.quality
+    if q is None:
+        return
+    ok = (isinstance(q, dict) and set(q) == {"heldout_dice", "heldout_cases", "source"}
+          and isinstance(q["heldout_dice"], (int, float)) and not isinstance(q["heldout_dice"], bool)
+          and 0.0 <= q["heldout_dice"] <= 1.0
+          and isinstance(q["heldout_cases"], int) and not isinstance(q["heldout_cases"], bool)
+          and q["heldout_cases"] >= 1 and isinstance(q["source"], str) and q["source"].strip())
+    if not ok:
+        raise ModelFileError(f"task {task.name!r} has an invalid quality {q!r}; expected null or "
+                             f'{{"heldout_dice": 0..1, "heldout_cases": >= 1, "source": "how it was measured"}}')
 
 
 def architecture_dict(config: HermesRConfig) -> dict[str, Any]:
