@@ -403,7 +403,10 @@ class HermesSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
                     name = task["name"]
                     item = qt.QTreeWidgetItem(groupItem)
                     shortName = name[len(groupName) + 1:] if name.startswith(groupName + "_") else name
-                    item.setText(0, shortName.replace("_", " "))
+                    label = task.get("display_name") or shortName.replace("_", " ")
+                    # Tasks without measured evidence (engine's hermesseg.selection rule) are marked, not pre-ticked.
+                    item.setText(0, label if task.get("default", True) else _("{label} (experimental)").format(
+                        label=label))
                     item.setData(0, qt.Qt.UserRole, name)
                     item.setFlags(item.flags() | qt.Qt.ItemIsUserCheckable)
                     item.setCheckState(0, qt.Qt.Checked if name in wanted else qt.Qt.Unchecked)
@@ -413,9 +416,12 @@ class HermesSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
                     item.setIcon(0, qt.QIcon(pixmap))
                     terminology = task.get("terminology") or {}
                     meaning = (terminology.get("type") or ["", "", ""])[2]
-                    item.setToolTip(0, _("{name}\nDataset: {group}\nLearned for: {modalities}{meaning}").format(
+                    item.setToolTip(0, _("{name}\nDataset: {group}\nLearned for: {modalities}{meaning}\n"
+                                         "Measured quality: {quality}{note}").format(
                         name=name, group=groupName, modalities=", ".join(task.get("modalities", [])),
-                        meaning=f"\nSNOMED CT: {meaning}" if meaning else ""))
+                        meaning=f"\nSNOMED CT: {meaning}" if meaning else "",
+                        quality=task.get("quality_text") or _("not stated"),
+                        note=f"\nNote: {task['note']}" if task.get("note") else ""))
         finally:
             self._updatingGui = previousUpdating
         self.onTaskFilterChanged(self.ui.taskFilterLineEdit.text)

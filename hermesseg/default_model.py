@@ -15,6 +15,8 @@ from .errors import ModelFileError
 DEFAULT_MODEL_FILE = "hermes-mini.safetensors"
 PACKAGE_RESOURCES = Path(__file__).resolve().parent / "resources"
 EXTENSION_MODELS = Path(__file__).resolve().parent.parent / "Resources" / "Models"
+# Where the Slicer model manager imports official checkpoints (HermesSegmentationLib.models.userModelsFolder).
+USER_MODELS = Path(os.environ.get("HERMESSEG_MODELS_DIR") or Path.home() / ".hermesseg" / "models")
 
 
 def default_model_path() -> Path | None:
@@ -33,6 +35,10 @@ def require_model_path(path: str | os.PathLike | None) -> Path:
         return Path(path)
     found = default_model_path()
     if found is None:
-        raise ModelFileError("no --model given and no embedded default model is installed; pass --model MODEL "
-                             "(for example one made with `hermesseg import-official`)")
+        raise ModelFileError(f"no model given and no embedded default model is installed (looked for "
+                             f"{DEFAULT_MODEL_FILE} in $HERMESSEG_MODEL, {PACKAGE_RESOURCES} and {EXTENSION_MODELS}); "
+                             f"pass a model file, for example one in {USER_MODELS} made with "
+                             f"`hermesseg import-official`")
+    if not found.is_file():
+        raise ModelFileError(f"the default model {found} ($HERMESSEG_MODEL) does not exist")
     return found

@@ -20,6 +20,7 @@ from .catalogue import catalogue
 from .errors import ModelFileError
 from .manifest import Manifest, manifest_digest
 from .network import HermesR, HermesRConfig
+from .selection import MIN_HELDOUT_CASES, MIN_HELDOUT_DICE, default_selection, quality_text
 
 MANIFEST_KEY = "hermes_manifest"
 MANIFEST_DIGEST_KEY = "hermes_manifest_sha256"  # absent in files written before it existed (hermes-mini)
@@ -124,7 +125,9 @@ def read_model_state(path: str | os.PathLike, verify: bool = True) -> tuple[Mani
 
 
 def manifest_summary(manifest: Manifest, num_parameters: int, identity: str | None = None) -> dict:
-    """What `hermesseg info --json` prints; ``identity`` is :func:`model_identity`."""
+    """What `hermesseg info --json` prints; ``identity`` is :func:`model_identity`; a task's ``default``: it runs
+    without --tasks (hermesseg.selection)."""
+    default_ids = {t.id for m in manifest.modalities for t in default_selection(manifest.tasks, m.name).chosen}
     return {
         "name": manifest.name,
         "version": manifest.version,
@@ -134,7 +137,9 @@ def manifest_summary(manifest: Manifest, num_parameters: int, identity: str | No
         "num_task_rows": manifest.config.num_task_rows,
         "tasks": [{"id": t.id, "name": t.name, "display_name": catalogue().display_name(t), "group": t.group,
                    "modalities": t.modalities, "color": list(t.color), "terminology": catalogue().terminology(t),
-                   "note": catalogue().note(t)} for t in manifest.tasks],
+                   "note": catalogue().note(t), "quality": t.quality, "quality_text": quality_text(t),
+                   "default": t.id in default_ids} for t in manifest.tasks],
+        "default_rule": {"min_heldout_dice": MIN_HELDOUT_DICE, "min_heldout_cases": MIN_HELDOUT_CASES},
         "groups": manifest.groups,
         "modalities": [{"id": m.id, "name": m.name, "description": m.description, "dicom": m.dicom}
                        for m in manifest.modalities],

@@ -77,7 +77,7 @@ def test_subset_selection_gives_the_same_masks_as_everything(model):
 
     loaded = load_model(model)
     image = read(CT_ABDOMEN)
-    everything = loaded.resolve_tasks(None, "CT")
+    everything = loaded.tasks_for_modality("CT")
     assert len(everything) == 60
     subset = loaded.resolve_tasks(["bcv_liver", "amos_spleen"], "CT")
     options = InferenceOptions(fast=True)
@@ -197,7 +197,8 @@ def test_unwritable_output(model, tmp_path, capsys):
 def test_json_progress_and_sigterm_cancel_leave_no_output(model, tmp_path):
     out = tmp_path / "out"
     proc = subprocess.Popen([sys.executable, "-m", "hermesseg.cli", "segment", str(require(MR_BRAIN)), "-o", str(out),
-                             "--model", str(model), "--modality", "MR-T1", "--progress", "json", "--overlap", "0.9"],
+                             "--model", str(model), "--modality", "MR-T1", "--tasks", "brain_structure", "--progress", "json",
+                             "--overlap", "0.9"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     stages = []
     for line in proc.stdout:

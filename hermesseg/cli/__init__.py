@@ -14,6 +14,7 @@ from ..errors import HermesError, os_error_message
 # Sub-command modules; each exposes register(subparsers) and sets func=run(args) -> exit code.
 COMMAND_MODULES = (
     "info_command",
+    "tasks_command",
     "import_command",
     "sample_command",
     "segment_command",

@@ -1,22 +1,26 @@
-"""`hermesseg info MODEL [--json]`: what a model file holds."""
+"""`hermesseg info [MODEL] [--json]`: what a model file holds (the embedded default model without MODEL)."""
 
 from __future__ import annotations
 
 import json
 
+from pathlib import Path
+
+from ..default_model import require_model_path
 from ..model_file import manifest_summary, model_identity, read_model_state
 
 
 def register(sub) -> None:
-    p = sub.add_parser("info", help="describe a model file (tasks, modalities, preprocessing, lineage)")
-    p.add_argument("model", help="a Hermes model file (.safetensors)")
+    p = sub.add_parser("info", help="describe a model file (tasks, modalities, preprocessing, licences, card)")
+    p.add_argument("model", nargs="?", help="a Hermes model file (.safetensors; default: the embedded default model)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
-    manifest, state = read_model_state(args.model)
-    summary = manifest_summary(manifest, sum(t.numel() for t in state.values()), model_identity(args.model))
+    path = require_model_path(args.model)
+    manifest, state = read_model_state(path)
+    summary = manifest_summary(manifest, sum(t.numel() for t in state.values()), model_identity(path))
     if args.json:
         print(json.dumps(summary, indent=1))
         return 0
@@ -31,6 +35,9 @@ def run(args) -> int:
         print(f"  {group} [{', '.join(dict.fromkeys(m for t in tasks for m in t['modalities']))}]: "
               + ", ".join(t["name"] for t in tasks))
     print(f"identity: manifest {summary['manifest_sha256'][:12]}, weights {manifest.weights_sha256[:12]}")
+    measured = [t for t in manifest.tasks if t.quality]
+    print(f"measured quality: {len(measured)} of {len(manifest.tasks)} tasks have held-out Dice, "
+          f"{sum(t['default'] for t in summary['tasks'])} run by default; per structure: `hermesseg tasks {path}`")
     for record in summary["lineage"]:
         print(f"lineage: {record['operation']} {record['created']} parent={str(record['parent'])[:12]} "
               f"datasets={','.join(record['datasets'])}")
@@ -38,4 +45,12 @@ def run(args) -> int:
             print(f"  tasks: {', '.join(record['tasks'])}")
         if record.get("notes") and record["operation"] != "train":
             print(f"  {record['notes']}")
+    card = manifest.card or {}
+    if card.get("description"):
+        print(f"card: {card['description']}")
+    for licence in card.get("licences", []) or ["not stated in the model file"]:
+        print(f"licence: {licence}")
+    card_file = Path(path).with_suffix(".md")
+    if card_file.is_file():
+        print(f"model card: {card_file}")
     return 0
