@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..atomic import atomic_folder
-from ..imageio import dicom_modality, input_stem, read_image
+from ..imageio import input_stem, read_image
 from ..model import HermesModel
 from ..output_paths import child_path
 from .modality_guess import guess_modality
@@ -38,7 +38,7 @@ def segment_inputs(model: HermesModel, request: SegmentRequest, progress: Progre
 
         report("load", 0.0, f"reading {path}")
         image = read_image(path)
-        modality = request.modality or guess_modality(model.manifest, image, dicom_modality(path))
+        modality = request.modality or guess_modality(model, image, path)
         tasks = model.resolve_tasks(request.task_names, modality, force=request.force)
         prediction = predict(model, image, tasks, modality, request.options, report)
         outputs.append(_write(prediction, path, request, report, modality))
