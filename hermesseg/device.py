@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
 
 from .errors import HermesError
+
+if TYPE_CHECKING:
+    import torch
 
 DEVICES = ("auto", "cuda", "cpu", "mps")
 
 
-def resolve_device(name: str = "auto") -> torch.device:
+def resolve_device(name: str = "auto") -> "torch.device":
+    import torch  # here, not at import: the CLI's --help must not load torch
     if name not in DEVICES:
         raise HermesError(f"unknown device {name!r}; choose one of {', '.join(DEVICES)}")
     if name == "auto":

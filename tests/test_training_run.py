@@ -203,6 +203,7 @@ def test_init_appends_new_tasks_and_refuses_a_new_modality(baseline, work):
     assert m.name == "tiny-brain" and m.card["parent"]["weights_sha256"] == base.weights_sha256
 
 
+@pytest.mark.slow  # two torchrun ranks, each starting torch and training: the longest test
 @pytest.mark.skipif(sys.platform != "linux", reason="torchrun with gloo is exercised on Linux")
 def test_two_rank_ddp_ends_with_identical_weights(tmp_path, work):
     _, cache = work

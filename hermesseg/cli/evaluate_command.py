@@ -9,9 +9,6 @@ from pathlib import Path
 from ..atomic import refuse_folder
 from ..device import DEVICES, resolve_device
 from ..errors import HermesError
-from ..evaluation.evaluate import evaluate, write_report
-from ..inference.pipeline import InferenceOptions
-from ..model import load_model
 
 
 def register(sub) -> None:
@@ -41,6 +38,10 @@ def _read_json(path: Path | None, what: str):
 
 
 def run(args) -> int:
+    from ..evaluation.evaluate import evaluate, write_report
+    from ..inference.pipeline import InferenceOptions
+    from ..model import load_model
+
     if not 0.0 <= args.overlap < 1.0:
         raise HermesError(f"--overlap must be in [0, 1), got {args.overlap}")
     if args.json is not None:

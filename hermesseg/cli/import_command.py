@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import sys
 
-from ..official.importer import import_official
 
 
 def register(sub) -> None:
@@ -16,6 +15,8 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
+    from ..official.importer import import_official
+
     manifest = import_official(args.checkpoint, args.output, name=args.name)
     print(f"wrote {args.output}: {manifest.name}, {len(manifest.tasks)} tasks, "
           f"weights {manifest.weights_sha256[:12]}", file=sys.stderr)

@@ -7,7 +7,6 @@ import json
 from pathlib import Path
 
 from ..default_model import require_model_path
-from ..model_file import manifest_summary, model_identity, read_model_state
 
 
 def register(sub) -> None:
@@ -18,6 +17,8 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
+    from ..model_file import manifest_summary, model_identity, read_model_state
+
     path = require_model_path(args.model)
     manifest, state = read_model_state(path)
     summary = manifest_summary(manifest, sum(t.numel() for t in state.values()), model_identity(path))

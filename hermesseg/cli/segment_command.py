@@ -8,13 +8,6 @@ from pathlib import Path
 from ..default_model import require_model_path
 from ..device import DEVICES, resolve_device
 from ..errors import HermesError, QueryError, os_error_message
-from ..imageio import expand_inputs
-from ..inference.cancel import cancel_on_signals
-from ..inference.outputs import check_writable
-from ..inference.pipeline import InferenceOptions
-from ..progress import Progress
-from ..inference.segment_job import SegmentRequest, segment_inputs
-from ..model import load_model
 
 
 def register(sub) -> None:
@@ -22,9 +15,11 @@ def register(sub) -> None:
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, DICOM series folders, or folders of images")
     p.add_argument("-o", "--output", required=True, type=Path, help="output folder")
     p.add_argument("--model", help="model file (default: the embedded default model)")
-    p.add_argument("--tasks", action="append", help="task or group names, comma separated (default: every task of "
-                                                     "the modality); may be repeated")
-    p.add_argument("--modality", help="image modality (one of the model's; default: from DICOM or intensities)")
+    p.add_argument("--tasks", action="append", help="structure names ('Left kidney'), task ids or group names, comma "
+                                                     "separated (default: the modality's tasks with measured evidence, "
+                                                     "see `hermesseg tasks`); may be repeated")
+    p.add_argument("--modality", help="image modality (one of the model's; default: from the sample catalogue, DICOM, "
+                                      "or intensities)")
     p.add_argument("--force", action="store_true", help="run tasks the model never learned for this modality")
     p.add_argument("--device", default="auto", choices=DEVICES)
     p.add_argument("--fast", action="store_true", help="coarser 3 mm working spacing: much faster on a CPU")
@@ -45,11 +40,20 @@ def task_list(values: list[str] | None) -> list[str] | None:
     names = [n.strip() for item in values for n in item.split(",") if n.strip()]
     if not names:
         raise QueryError(f"--tasks {', '.join(map(repr, values))} names no task; give task or group names, comma "
-                         f"separated, or leave --tasks out to run every task of the modality")
+                         f"separated, or leave --tasks out to run the tasks with measured evidence")
     return names
 
 
 def run(args) -> int:
+    # Imported here so that `hermesseg --help` does not load torch.
+    from ..imageio import expand_inputs
+    from ..inference.cancel import cancel_on_signals
+    from ..inference.outputs import check_writable
+    from ..inference.pipeline import InferenceOptions
+    from ..inference.segment_job import SegmentRequest, segment_inputs
+    from ..model import load_model
+    from ..progress import Progress
+
     progress = Progress(args.progress)
     try:
         with cancel_on_signals():

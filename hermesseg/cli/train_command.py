@@ -7,7 +7,6 @@ import os
 
 from ..errors import HermesError
 from ..progress import Progress
-from ..training import DEFAULTS, TrainRequest, train
 
 
 def register(sub) -> None:
@@ -37,6 +36,8 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
+    from ..training import DEFAULTS, TrainRequest, train  # torch: not at import, so --help stays fast
+
     if args.print_defaults:
         print(json.dumps(DEFAULTS, indent=1))
         return 0
