@@ -171,7 +171,7 @@ def test_all_nan_input(model, tmp_path, capsys):
 
 def test_unknown_task_and_modality(model, tmp_path, capsys):
     _bad(model, tmp_path, capsys, [str(require(CT_ABDOMEN)), "--modality", "CT", "--tasks", "amos_livr"],
-         "unknown task or group 'amos_livr'")
+         "unknown task, structure or group 'amos_livr'; did you mean: amos_liver")
     _bad(model, tmp_path, capsys, [str(CT_ABDOMEN), "--modality", "XRAY"],
          "unknown modality 'XRAY'; this model knows: CT, PET, MR-T1, MR-T2, MR-cine, MR")
     _bad(model, tmp_path, capsys, [str(CT_ABDOMEN), "--modality", "CT", "--tasks", "chaos_liver"],
