@@ -177,3 +177,24 @@ def test_label_names_and_terminology_parsing():
                                                       "type": ["SCT", "87878005", "Left ventricle"],
                                                       "modifier": None}
     assert parseTerminologyEntry("") is None and parseTerminologyEntry("garbage") is None
+
+
+def test_training_chart_holds_loss_and_dice_rows_as_mrml_nodes():
+    from HermesTrainingLib.chart import TrainingChart
+
+    scene = slicer.vtkMRMLScene()
+    chart = TrainingChart(scene, "run 1")
+    chart.add(1, loss=1.5)
+    chart.add(2, loss=1.2)
+    chart.add(2, dice=0.4)
+    chart.add(3)  # nothing to plot: no row
+    rows = chart.rows()
+    assert [r[0] for r in rows] == [1, 2, 2] and rows[0][1] == 1.5 and np.isnan(rows[0][2]) and rows[2][2] == 0.4
+    assert scene.GetNumberOfNodesByClass("vtkMRMLPlotChartNode") == 1
+    assert scene.GetNumberOfNodesByClass("vtkMRMLPlotSeriesNode") == 2
+    assert chart.chartNode.GetNumberOfPlotSeriesNodes() == 2
+    series = chart.seriesNodes["held-out Dice"]
+    assert series.GetTableNodeID() == chart.tableNode.GetID() and series.GetYColumnName() == "held-out Dice"
+    chart.remove()
+    assert scene.GetNumberOfNodesByClass("vtkMRMLPlotChartNode") == 0
+    assert scene.GetNumberOfNodesByClass("vtkMRMLTableNode") == 0
