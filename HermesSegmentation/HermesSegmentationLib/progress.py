@@ -21,6 +21,7 @@ class ProgressEvent:
     fraction: float
     message: str = ""
     outputs: list[dict] = field(default_factory=list)
+    data: dict = field(default_factory=dict)  # the whole object (training adds step, loss, held-out Dice, ETA)
 
     @property
     def isDone(self) -> bool:
@@ -51,7 +52,7 @@ def parseProgressLine(line: str) -> ProgressEvent | None:
     if not isinstance(outputs, list):
         outputs = []
     return ProgressEvent(stage=obj["stage"], fraction=fraction, message=str(obj.get("message", "")),
-                         outputs=[o for o in outputs if isinstance(o, dict)])
+                         outputs=[o for o in outputs if isinstance(o, dict)], data=obj)
 
 
 class ProgressParser:
