@@ -21,8 +21,15 @@ import slicer
 REPO = Path(__file__).resolve().parents[1]
 MODULE_DIRS = [REPO / "HermesSegmentation", REPO / "HermesTraining"]
 SEG_DIR = REPO / "HermesSegmentation"
+TRAIN_DIR = REPO / "HermesTraining"
 UI_FILE = SEG_DIR / "Resources" / "UI" / "HermesSegmentation.ui"
 WIDGET_FILE = SEG_DIR / "HermesSegmentation.py"
+MODULES = ["HermesSegmentation", "HermesTraining"]
+LIB_DIRS = [SEG_DIR / "HermesSegmentationLib", TRAIN_DIR / "HermesTrainingLib"]
+
+
+def module_ui_file(module: str) -> Path:
+    return REPO / module / "Resources" / "UI" / f"{module}.ui"
 
 # Which widget classes the parameter node wrapper can bind to which field types (Slicer's guiConnectors).
 BINDABLE = {
@@ -33,12 +40,12 @@ BINDABLE = {
 }
 
 
-def ui_tree() -> ET.ElementTree:
-    return ET.parse(UI_FILE)  # raises on malformed XML
+def ui_tree(module: str = "HermesSegmentation") -> ET.ElementTree:
+    return ET.parse(module_ui_file(module))  # raises on malformed XML
 
 
-def ui_widgets() -> dict[str, str]:
-    return {w.get("name"): w.get("class") for w in ui_tree().iter("widget")}
+def ui_widgets(module: str = "HermesSegmentation") -> dict[str, str]:
+    return {w.get("name"): w.get("class") for w in ui_tree(module).iter("widget")}
 
 
 def test_ui_is_wellformed_designer_file_with_mrml_top_level():
@@ -56,24 +63,31 @@ def test_ui_is_wellformed_designer_file_with_mrml_top_level():
             "advancedCollapsibleButton", "logCollapsibleButton"} <= set(collapsibles)
 
 
-def test_every_mrml_widget_gets_the_scene():
-    root = ui_tree().getroot()
+@pytest.mark.parametrize("module", MODULES)
+def test_every_mrml_widget_gets_the_scene(module):
+    root = ui_tree(module).getroot()
+    assert root.findtext("class") == root.find("widget").get("name") == module
+    assert root.find("widget").get("class") == "qMRMLWidget"
+    names = [w.get("name") for w in root.iter("widget")]
+    assert len(names) == len(set(names)), "duplicate objectName in the .ui"
+    custom = {c.findtext("class") for c in root.iter("customwidget")}
+    used = {c for c in ui_widgets(module).values() if c.startswith(("ctk", "qMRML", "qSlicer"))}
+    assert used <= custom, f"custom widget classes not declared: {used - custom}"
     connected = {(c.findtext("sender"), c.findtext("signal"), c.findtext("receiver"), c.findtext("slot"))
                  for c in root.iter("connection")}
-    for name, cls in ui_widgets().items():
+    for name, cls in ui_widgets(module).items():
         if cls.startswith("qMRML") and cls != "qMRMLWidget":
-            assert ("HermesSegmentation", "mrmlSceneChanged(vtkMRMLScene*)", name,
+            assert (module, "mrmlSceneChanged(vtkMRMLScene*)", name,
                     "setMRMLScene(vtkMRMLScene*)") in connected, f"{name} never receives the MRML scene"
 
 
-def test_every_ui_name_used_by_the_code_exists_in_the_ui_file():
-    code = WIDGET_FILE.read_text(encoding="utf-8")
+@pytest.mark.parametrize("module", MODULES)
+def test_every_ui_name_used_by_the_code_exists_in_the_ui_file(module):
+    code = (REPO / module / f"{module}.py").read_text(encoding="utf-8")
     used = set(re.findall(r"\b(?:self|widget)\.ui\.(\w+)", code))
     assert len(used) >= 15
-    missing = used - set(ui_widgets())
-    assert not missing, f"self.ui.<name> used in HermesSegmentation.py but absent from the .ui: {sorted(missing)}"
-    # the placeholder module builds its one label in code and uses no .ui
-    assert "self.ui." not in (REPO / "HermesTraining" / "HermesTraining.py").read_text(encoding="utf-8")
+    missing = used - set(ui_widgets(module))
+    assert not missing, f"self.ui.<name> used in {module}.py but absent from the .ui: {sorted(missing)}"
 
 
 def parameter_node_fields() -> dict[str, str]:
@@ -113,7 +127,7 @@ def test_module_python_files_compile(path, tmp_path):
 
 def test_lib_imports_neither_qt_nor_torch_nor_the_engine():
     """The Lib must import under slicer-core (no Qt) and must not load torch/hermesseg into Slicer's process."""
-    for path in (SEG_DIR / "HermesSegmentationLib").glob("*.py"):
+    for path in (p for d in LIB_DIRS for p in d.glob("*.py")):
         tree = ast.parse(path.read_text(encoding="utf-8"))
         for node in ast.walk(tree):
             if isinstance(node, ast.Import):
@@ -170,7 +184,7 @@ def stub_slicer_gui(monkeypatch):
     for name in ("HermesSegmentation", "HermesTraining"):
         monkeypatch.delitem(sys.modules, name, raising=False)
     yield
-    for name in ("HermesSegmentation", "HermesTraining", "HermesSegmentationLib.logic"):
+    for name in ("HermesSegmentation", "HermesTraining", "HermesSegmentationLib.logic", "HermesTrainingLib.logic"):
         sys.modules.pop(name, None)  # the logic module picked the stub base class: forget it
 
 
@@ -187,7 +201,11 @@ def test_gui_files_import_with_stub_qt(stub_slicer_gui):
         importlib.import_module(name)
     training = importlib.import_module("HermesTraining")
     assert hasattr(training, "HermesTrainingWidget") and hasattr(training, "HermesTrainingTest")
-    assert "not available" in training.NOT_AVAILABLE_TEXT
+    assert set(training.LIB_MODULES) == {f"HermesTrainingLib.{p.stem}" for p in LIB_DIRS[1].glob("*.py")
+                                         if p.stem != "__init__"}
+    for name in training.LIB_MODULES:
+        importlib.import_module(name)
+    assert "test_WidgetTeachesAStructure" in dir(training.HermesTrainingTest)
     tests = [m for m in dir(seg.HermesSegmentationTest) if m.startswith("test_")]
     assert {"test_WidgetSegmentsRealImage", "test_WidgetCancel", "test_LogicBlocking"} <= set(tests)
 
@@ -203,7 +221,7 @@ def _global_names(code) -> set[str]:
 def test_every_global_name_used_in_module_code_exists(stub_slicer_gui):
     """Catches typos in code paths only the real application runs (a NameError would surface only there)."""
     module_names = ["HermesSegmentation", "HermesTraining"] + [
-        f"HermesSegmentationLib.{p.stem}" for p in (SEG_DIR / "HermesSegmentationLib").glob("*.py")]
+        f"{d.name}.{p.stem}" for d in LIB_DIRS for p in d.glob("*.py")]
     for name in module_names:
         module = importlib.import_module(name)
         source = Path(module.__file__).read_text(encoding="utf-8")

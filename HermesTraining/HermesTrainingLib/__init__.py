@@ -1,0 +1,1 @@
+"""GUI-free logic of the Hermes Training module (importable without Qt; tested headless with slicer-core)."""
