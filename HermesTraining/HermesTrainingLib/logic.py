@@ -79,6 +79,15 @@ class TrainingRequest:
     extraArgs: list[str] = field(default_factory=list)
 
 
+def _temporaryBase() -> str | None:
+    """Slicer's temporary folder inside the application (cleaned by Slicer), else the system's."""
+    app = getattr(slicer, "app", None)
+    path = getattr(app, "temporaryPath", None) if app is not None else None
+    if path:
+        Path(path).mkdir(parents=True, exist_ok=True)
+    return path or None
+
+
 def safeModelStem(text: str) -> str:
     stem = re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-.") or "model"
     return stem[:60]
@@ -321,9 +330,9 @@ class HermesTrainingLogic(_Base):
         job = TrainingJob(self, request, onProgress, onMetrics, onLog, onFinished, chart)
         job.outputPath = output
         output.parent.mkdir(parents=True, exist_ok=True)
-        job.dataset = exportDataset(pairs, request.segmentNames, modality,
-                                    request.datasetName or safeModelStem(f"local_{'_'.join(segmentNames)}")
-                                    .replace("-", "_").lower()[:40])
+        job.dataset = exportDataset(pairs, request.segmentNames, modality, request.datasetName or
+                                    safeModelStem(f"local_{'_'.join(segmentNames)}").replace("-", "_").lower()[:40],
+                                    parent=_temporaryBase())
         try:
             job.command = self.buildCommand(request, job.dataset, output)
         except Exception:
