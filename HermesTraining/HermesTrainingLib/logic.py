@@ -29,7 +29,7 @@ from HermesSegmentationLib.process import BackgroundProcess, ProcessState
 from HermesSegmentationLib.progress import ProgressParser
 
 from .cases import TrainingInputError, TrainingPair, checkPair, segmentOccurrences
-from .dataset_export import ExportedDataset, exportDataset, removeExport
+from .dataset_export import ExportedDataset, exportDataset, labelName, removeExport
 from .packs import importedPackModelPath, runPackCommand
 
 try:  # real Slicer: the standard base class (parameter node helpers)
@@ -86,6 +86,13 @@ def _temporaryBase() -> str | None:
     if path:
         Path(path).mkdir(parents=True, exist_ok=True)
     return path or None
+
+
+def defaultDatasetName(segmentNames: list[str]) -> str:
+    """The exported dataset's name, which add-task makes the new tasks' group (``my_<structures>``): one group per
+    set of structures taught together, so teaching the same structure twice into one model is refused as a name
+    collision instead of silently creating a second group that would be queried together with the first."""
+    return ("my_" + "_".join(labelName(n) for n in segmentNames))[:40].rstrip("_")
 
 
 def safeModelStem(text: str) -> str:
@@ -331,8 +338,7 @@ class HermesTrainingLogic(_Base):
         job.outputPath = output
         output.parent.mkdir(parents=True, exist_ok=True)
         job.dataset = exportDataset(pairs, request.segmentNames, modality, request.datasetName or
-                                    safeModelStem(f"local_{'_'.join(segmentNames)}").replace("-", "_").lower()[:40],
-                                    parent=_temporaryBase())
+                                    defaultDatasetName(request.segmentNames), parent=_temporaryBase())
         try:
             job.command = self.buildCommand(request, job.dataset, output)
         except Exception:
@@ -366,6 +372,9 @@ class HermesTrainingLogic(_Base):
 
     def newTaskNames(self, job: TrainingJob) -> list[str]:
         """Tasks of the new model that its base did not have (all tasks for a new model), in model order."""
+        for output in job.result.get("outputs") or []:
+            if isinstance(output, dict) and isinstance(output.get("tasks"), list) and output["tasks"]:
+                return [str(t) for t in output["tasks"]]
         new = [t["name"] for t in self.modelInfo(job.modelPath)["tasks"]]
         if job.request.baseModel and job.request.mode != "train":
             old = {t["name"] for t in self.modelInfo(job.request.baseModel)["tasks"]}
