@@ -36,7 +36,7 @@ vtk.vtkObject.GlobalWarningDisplayOff()
 LA = DATA / "mr_left_atrium"
 CASES = ["06SR5RBREL16DQ6M8LWS", "0RZDK210BSMWAA6467LU"]
 DEFAULT_MODEL = REPO / "Resources" / "Models" / "hermes-mini.safetensors"
-STEPS = 80  # enough for the large, bright left atrium on its own training volumes (see the Dice threshold below)
+STEPS = 40  # enough for the large, bright left atrium on its own training volumes (see the Dice threshold below)
 
 
 def la_pairs(scene, logic):
@@ -46,6 +46,11 @@ def la_pairs(scene, logic):
         segmentation = load_segmentation(scene, LA / "labelsTr" / f"{case}.nii.gz", volume, {1: "Left atrium"})
         pairs.append(logic.checkPair(volume, segmentation))
     return pairs
+
+
+def exported_left(tmp_path) -> list[Path]:
+    """Exported training datasets still in the temporary folder (torch may put its own caches there)."""
+    return sorted((tmp_path / "tmp").glob("HermesTraining-*"))
 
 
 @pytest.fixture
@@ -73,7 +78,7 @@ def test_add_structure_registers_a_model_that_segments_it(models_folder, tmp_pat
 
     assert job.state == TrainingState.SUCCEEDED, job.errorMessage
     assert job.modelPath.parent == models_folder and job.modelPath.is_file()
-    assert list((tmp_path / "tmp").iterdir()) == []  # the exported dataset was removed
+    assert exported_left(tmp_path) == []  # the exported dataset was removed
     assert not pidAlive(job.pid)
     assert metrics and chart.rows() and all(np.isfinite(r[1]) for r in chart.rows() if not np.isnan(r[1]))
     assert progress == sorted(progress) and progress[-1] == pytest.approx(1.0)
@@ -101,6 +106,7 @@ def test_add_structure_registers_a_model_that_segments_it(models_folder, tmp_pat
     dice = 2 * np.logical_and(predicted, truth).sum() / (predicted.sum() + truth.sum())
     assert predicted.sum() > 0
     # A training volume after STEPS steps: the structure is found where it is (not a clinical figure).
+    print(f"Dice of the learned left atrium on its training volume after {STEPS} steps: {dice:.3f}")
     assert dice > 0.5, dice
 
     # teaching the same structure again into the new model collides with the task it now has
@@ -127,7 +133,7 @@ def test_cancel_mid_run_writes_no_model_and_removes_the_dataset(models_folder, t
     assert job.state == TrainingState.CANCELLED and finished == [job]
     assert not pidAlive(pid)
     assert not models_folder.exists() or list(models_folder.iterdir()) == []
-    assert list((tmp_path / "tmp").iterdir()) == []
+    assert exported_left(tmp_path) == []
     assert not logic.isRunning
 
 
@@ -146,4 +152,4 @@ def test_bad_requests_are_refused_before_anything_runs(models_folder, tmp_path):
         bogus.write_bytes(b"not a model")
         logic.train(pairs, ["Left atrium"], bogus, "MR", steps=5, waitForCompletion=True)
     assert not models_folder.exists() or list(models_folder.iterdir()) == []
-    assert list((tmp_path / "tmp").iterdir()) == []
+    assert exported_left(tmp_path) == []
