@@ -1,7 +1,15 @@
-"""HermesTrainingLogic end to end, headless (slicer-core, real MRML): left-atrium MR volumes whose label maps are
-imported as segmentation nodes are taught to the shipped default model with a real ``hermesseg add-task`` in a
-background process; the new model is registered in the user's models folder and segments a training volume through
-Hermes Segmentation's logic; cancel and bad input leave nothing behind."""
+"""HermesTrainingLogic end to end, headless (slicer-core, real MRML): a real T1 brain MR whose tissue label map is
+imported as a segmentation node is taught to the shipped default model with a real ``hermesseg add-task`` in a
+background process; the new model is registered in the user's models folder and segments its training volume
+through Hermes Segmentation's logic; cancel and bad input leave nothing behind.
+
+What the Dice threshold tests. The structure taught is the brain tissue (grey + white matter) of the MNI152 T1
+template. add-task starts the new prior rows from the base task whose prediction overlaps the label best (here the
+default model's brain mask), so the threshold checks that the whole chain keeps a structure the rows can represent:
+export on the volume's own grid, the engine's training and zero-forgetting check, registration, segmentation and
+import back onto the volume (a flipped axis or a shifted grid anywhere would drop the Dice to near 0). How well a
+structure the base has never seen is learned from k cases is the add-task benchmark's question
+(benchmarks/bench_add_task.py), not this test's."""
 
 from __future__ import annotations
 
@@ -33,19 +41,27 @@ from test_slicer_training_export import load_segmentation, load_volume  # noqa: 
 
 vtk.vtkObject.GlobalWarningDisplayOff()
 
-LA = DATA / "mr_left_atrium"
-CASES = ["06SR5RBREL16DQ6M8LWS", "0RZDK210BSMWAA6467LU"]
+MNI = DATA / "mr_brain_tissue_mni"
+CASE = "mni152_2009a_sym"
 DEFAULT_MODEL = REPO / "Resources" / "Models" / "hermes-mini.safetensors"
-STEPS = 40  # enough for the large, bright left atrium on its own training volumes (see the Dice threshold below)
+STEPS = 20
+MIN_DICE = 0.7  # see the module docstring
 
 
-def la_pairs(scene, logic):
-    pairs = []
-    for case in CASES:
-        volume = load_volume(scene, LA / "imagesTr" / f"{case}_0000.nii.gz", case)
-        segmentation = load_segmentation(scene, LA / "labelsTr" / f"{case}.nii.gz", volume, {1: "Left atrium"})
-        pairs.append(logic.checkPair(volume, segmentation))
-    return pairs
+def tissue_label(tmp_path: Path) -> tuple[Path, np.ndarray]:
+    """Grey and white matter as one label (1), on the image's grid."""
+    source = sitk.ReadImage(str(require(MNI / "labelsTr" / f"{CASE}.nii.gz")))
+    tissue = sitk.Cast(source > 0, sitk.sitkUInt8)
+    path = tmp_path / "tissue.nrrd"
+    sitk.WriteImage(tissue, str(path))
+    return path, sitk.GetArrayFromImage(tissue) > 0
+
+
+def brain_pairs(scene, logic, tmp_path):
+    volume = load_volume(scene, MNI / "imagesTr" / f"{CASE}_0000.nii.gz", "MNI152 T1")
+    label, _ = tissue_label(tmp_path)
+    segmentation = load_segmentation(scene, label, volume, {1: "Brain tissue"})
+    return [logic.checkPair(volume, segmentation)]
 
 
 def exported_left(tmp_path) -> list[Path]:
@@ -68,11 +84,11 @@ def test_add_structure_registers_a_model_that_segments_it(models_folder, tmp_pat
     require(DEFAULT_MODEL)
     scene = slicer.vtkMRMLScene()
     logic = HermesTrainingLogic(scene)
-    pairs = la_pairs(scene, logic)
+    pairs = brain_pairs(scene, logic, tmp_path)
     chart = TrainingChart(scene)
     progress, metrics = [], []
 
-    job = logic.train(pairs, ["Left atrium"], DEFAULT_MODEL, "MR", steps=STEPS, seed=0, device="cpu",
+    job = logic.train(pairs, ["Brain tissue"], DEFAULT_MODEL, "MR-T1", steps=STEPS, seed=0, device="cpu",
                       waitForCompletion=True, chart=chart, onMetrics=metrics.append,
                       onProgress=lambda f, m, s: progress.append(f))
 
@@ -83,17 +99,17 @@ def test_add_structure_registers_a_model_that_segments_it(models_folder, tmp_pat
     assert metrics and chart.rows() and all(np.isfinite(r[1]) for r in chart.rows() if not np.isnan(r[1]))
     assert progress == sorted(progress) and progress[-1] == pytest.approx(1.0)
     new = logic.newTaskNames(job)
-    assert len(new) == 1 and "left_atrium" in new[0]
+    assert new == ["my_brain_tissue_brain_tissue"]
     info = logic.modelInfo(job.modelPath)
     task = next(t for t in info["tasks"] if t["name"] == new[0])
-    assert task.get("display_name", "Left atrium") == "Left atrium"
+    assert task["display_name"] == "Brain tissue" and task["modalities"] == ["MR-T1"]
     assert [round(c) for c in task["color"]] == [round(255 * c) for c in
                                                  pairs[0].segmentationNode.GetSegmentation().GetNthSegment(0).GetColor()]
 
     # Hermes Segmentation lists the new model and segments the structure on a training volume
     from HermesSegmentationLib import models
     assert job.modelPath in [e.path for e in models.listModels()]
-    seg_job = logic.segmentWithModel(pairs[0].volumeNode, job.modelPath, new, "MR", waitForCompletion=True)
+    seg_job = logic.segmentWithModel(pairs[0].volumeNode, job.modelPath, new, "MR-T1", waitForCompletion=True)
     node = seg_job.segmentationNode
     segment_id = node.GetSegmentation().GetNthSegmentID(0)
     labelmap = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode")
@@ -101,17 +117,16 @@ def test_add_structure_registers_a_model_that_segments_it(models_folder, tmp_pat
     ids.InsertNextValue(segment_id)
     assert slicer.vtkSlicerSegmentationsModuleLogic.ExportSegmentsToLabelmapNode(node, ids, labelmap,
                                                                                  pairs[0].volumeNode)
+    assert node.GetSegmentation().GetNthSegment(0).GetName() == "Brain tissue"
     predicted = slicer.util.arrayFromVolume(labelmap) > 0
-    truth = sitk.GetArrayFromImage(sitk.ReadImage(str(LA / "labelsTr" / f"{CASES[0]}.nii.gz"))) > 0
+    _, truth = tissue_label(tmp_path)
     dice = 2 * np.logical_and(predicted, truth).sum() / (predicted.sum() + truth.sum())
-    assert predicted.sum() > 0
-    # A training volume after STEPS steps: the structure is found where it is (not a clinical figure).
-    print(f"Dice of the learned left atrium on its training volume after {STEPS} steps: {dice:.3f}")
-    assert dice > 0.5, dice
+    print(f"Dice of the taught brain tissue on its training volume after {STEPS} steps: {dice:.3f}")
+    assert dice > MIN_DICE, dice
 
     # teaching the same structure again into the new model collides with the task it now has
     with pytest.raises(HermesTrainingError, match="already"):
-        logic.train(pairs, ["Left atrium"], job.modelPath, "MR", steps=5, device="cpu", waitForCompletion=True)
+        logic.train(pairs, ["Brain tissue"], job.modelPath, "MR-T1", steps=5, device="cpu", waitForCompletion=True)
     assert sorted(p.name for p in models_folder.iterdir()) == [job.modelPath.name]
 
 
@@ -119,9 +134,9 @@ def test_cancel_mid_run_writes_no_model_and_removes_the_dataset(models_folder, t
     require(DEFAULT_MODEL)
     scene = slicer.vtkMRMLScene()
     logic = HermesTrainingLogic(scene)
-    pairs = la_pairs(scene, logic)
+    pairs = brain_pairs(scene, logic, tmp_path)
     finished, metrics = [], []
-    job = logic.train(pairs, ["Left atrium"], DEFAULT_MODEL, "MR", steps=100000, device="cpu",
+    job = logic.train(pairs, ["Brain tissue"], DEFAULT_MODEL, "MR-T1", steps=100000, device="cpu",
                       onMetrics=metrics.append, onFinished=finished.append)
     deadline = time.monotonic() + 300
     while not metrics:  # training has started: the model is loaded and steps are being taken
@@ -141,15 +156,16 @@ def test_bad_requests_are_refused_before_anything_runs(models_folder, tmp_path):
     scene = slicer.vtkMRMLScene()
     logic = HermesTrainingLogic(scene)
     with pytest.raises(TrainingInputError, match="at least one training pair"):
-        logic.train([], ["Left atrium"], DEFAULT_MODEL, "MR")
-    pairs = la_pairs(scene, logic)
+        logic.train([], ["Brain tissue"], DEFAULT_MODEL, "MR-T1")
+    pairs = brain_pairs(scene, logic, tmp_path)
     with pytest.raises(TrainingInputError, match="modality"):
-        logic.train(pairs, ["Left atrium"], DEFAULT_MODEL, "")
+        logic.train(pairs, ["Brain tissue"], DEFAULT_MODEL, "")
     with pytest.raises(TrainingInputError, match="replace its base model"):
-        logic.train(pairs, ["Left atrium"], DEFAULT_MODEL, "MR", outputPath=DEFAULT_MODEL)
-    with pytest.raises(TrainingCancelledError.__mro__[1]):  # a failed engine run: not a model file
-        bogus = tmp_path / "bogus.safetensors"
-        bogus.write_bytes(b"not a model")
-        logic.train(pairs, ["Left atrium"], bogus, "MR", steps=5, waitForCompletion=True)
+        logic.train(pairs, ["Brain tissue"], DEFAULT_MODEL, "MR-T1", outputPath=DEFAULT_MODEL)
+    bogus = tmp_path / "bogus.safetensors"
+    bogus.write_bytes(b"not a model")
+    with pytest.raises(HermesTrainingError, match="bogus.safetensors") as failed:
+        logic.train(pairs, ["Brain tissue"], bogus, "MR-T1", steps=5, waitForCompletion=True)
+    assert not isinstance(failed.value, TrainingCancelledError)
     assert not models_folder.exists() or list(models_folder.iterdir()) == []
     assert exported_left(tmp_path) == []
