@@ -44,10 +44,11 @@ LIB_MODULES = (
     "HermesTrainingLib.logic",
 )
 
+# Only what the engine can do today: `hermesseg finetune` and add-task's adapter mode are not implemented yet, so they
+# are not offered (an option that fails on every click is worse than none).
 MODES = (("add", "Add structures (frozen base, nothing forgotten)"),
-         ("finetune", "Fine-tune (all weights; forgetting is measured)"),
          ("train", "Train new model (these cases only)"))
-KINDS = (("priors", "Priors (new prior tokens only)"), ("adapter", "Adapter (priors + small per-structure adapter)"))
+KINDS = (("priors", "Priors (new prior tokens only)"),)
 DEVICES = (("auto", "Auto (GPU if available)"), ("gpu", "GPU"), ("cpu", "CPU"))
 
 
@@ -273,7 +274,6 @@ class HermesTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.kindComboBox.enabled = mode == "add"
         self.ui.modeHintLabel.text = {
             "add": _("The base model is frozen: every structure it knew gives exactly the same result."),
-            "finetune": _("All weights train: what the model knew may change; the forgetting check is reported."),
             "train": _("A new model that knows only these structures."),
         }[mode]
         self.updateModalityHint()

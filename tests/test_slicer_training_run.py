@@ -162,6 +162,8 @@ def test_bad_requests_are_refused_before_anything_runs(models_folder, tmp_path):
         logic.train(pairs, ["Brain tissue"], DEFAULT_MODEL, "")
     with pytest.raises(TrainingInputError, match="replace its base model"):
         logic.train(pairs, ["Brain tissue"], DEFAULT_MODEL, "MR-T1", outputPath=DEFAULT_MODEL)
+    with pytest.raises(TrainingInputError, match="unknown training mode 'finetune'"):
+        logic.train(pairs, ["Brain tissue"], DEFAULT_MODEL, "MR-T1", mode="finetune")
     bogus = tmp_path / "bogus.safetensors"
     bogus.write_bytes(b"not a model")
     with pytest.raises(HermesTrainingError, match="bogus.safetensors") as failed:

@@ -1,4 +1,4 @@
-"""Writing training pairs as an nnU-Net v2 dataset folder, the input of ``hermesseg add-task/finetune/train``.
+"""Writing training pairs as an nnU-Net v2 dataset folder, the input of ``hermesseg add-task`` and ``train``.
 
 Each case: ``imagesTr/caseNNN_0000.nrrd`` (the volume as stored, its own geometry) and ``labelsTr/caseNNN.nrrd``
 (the chosen segments exported onto that volume's grid with the Segmentations logic, reference geometry = the

@@ -9,7 +9,7 @@ Usable from the module widget, from scripts (``Slicer --python-script``) and fro
     job.modelPath   # the new model, in the user's models folder
 
 Steps: the pairs are exported as an nnU-Net v2 dataset into a private temporary folder (``dataset_export``), the
-engine command (``hermesseg add-task`` / ``finetune`` / ``train``) runs with ``--progress json`` in a background
+engine command (``hermesseg add-task`` or ``train``) runs with ``--progress json`` in a background
 ``PythonSlicer`` process (the same engine location and process code as Hermes Segmentation), its progress and
 metrics are parsed (``onProgress``, ``onMetrics``; a live chart when ``chart`` is given), and on success the model
 file, written atomically by the engine, is in the user's models folder where Hermes Segmentation lists it. Cancel
@@ -39,8 +39,10 @@ except ImportError:  # slicer-core wheel: no scripted-module layer
 
 import slicer
 
-MODES = {"add": "add-task", "finetune": "finetune", "train": "train"}
-ADD_TASK_KINDS = ("priors", "adapter")
+# Engine commands per mode. "finetune" and add-task's "adapter" mode are not in the engine yet: refused here with a
+# clear message rather than by the engine's argument parser.
+MODES = {"add": "add-task", "train": "train"}
+ADD_TASK_KINDS = ("priors",)
 
 
 class HermesTrainingError(RuntimeError):
@@ -61,14 +63,14 @@ class TrainingState:
 
 @dataclass
 class TrainingRequest:
-    """What to train. ``mode``: "add" (new structures on a frozen base), "finetune" or "train"."""
+    """What to train. ``mode``: "add" (new structures on a frozen base) or "train" (a new model)."""
 
     pairs: list[TrainingPair]
     segmentNames: list[str]
     baseModel: str | None
     modality: str
-    mode: str = "add"
-    kind: str = "priors"  # add-task only: "priors" or "adapter"
+    mode: str = "add"  # "add" or "train"
+    kind: str = "priors"  # add-task only
     steps: int | None = None
     timeLimit: float | None = None
     device: str = "auto"
@@ -293,7 +295,7 @@ class HermesTrainingLogic(_Base):
             raise TrainingInputError(f"unknown training mode {request.mode!r}; choose one of {', '.join(MODES)}")
         subcommand = MODES[request.mode]
         args: list[str] = []
-        if request.mode in ("add", "finetune"):
+        if request.mode == "add":
             if not request.baseModel:
                 raise TrainingInputError("choose the base model to teach")
             args.append(str(request.baseModel))
