@@ -62,15 +62,54 @@ def timed_segment(model: Path, image: str, modality: str, out: Path, *extra: str
     return time.perf_counter() - start
 
 
+def measure_timings(model: Path, work: Path) -> dict:
+    samples = {}
+    for name, modality in (("ct-chest", "CT"), ("mr-brain", "MR-T1c")):
+        path = subprocess.run([sys.executable, "-m", "hermesseg.cli", "sample", name, "-q"], check=True,
+                              capture_output=True, text=True).stdout.strip()
+        load = os.getloadavg()[0]
+        samples[name] = {"modality": modality,
+                         "seconds": timed_segment(model, path, modality, work / name),
+                         "seconds_fast": timed_segment(model, path, modality, work / f"{name}-fast", "--fast"),
+                         "load_average": [load, os.getloadavg()[0]]}
+    return samples
+
+
+def timings_section(samples: dict) -> list[str]:
+    loads = [v for s in samples.values() for v in s["load_average"]]
+    return [
+        "## Timings (`hermesseg segment`, whole command incl. start-up, CPU)",
+        f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch "
+        f"{torch.__version__}; windows per forward pass and threads as calibrated on the first run. No GPU was "
+        f"available for these measurements. 1-minute load average during the runs: {min(loads):.1f}-{max(loads):.1f} "
+        f"on {os.cpu_count()} cores (other jobs shared the machine; on an idle one the times are lower). The model "
+        "already works at 3 mm, so `--fast` only lowers the window overlap to 0.25 for it.",
+        "",
+        "| sample | modality | default | --fast |", "|---|---|---|---|",
+        *[f"| {n} | {s['modality']} | {s['seconds']:.1f} s | {s['seconds_fast']:.1f} s |" for n, s in samples.items()],
+        "",
+    ]
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", type=Path, required=True)
-    p.add_argument("--run", type=Path, required=True, help="the training run directory (splits.json, config.json)")
-    p.add_argument("--data", type=Path, required=True, help="the shared data folder")
+    p.add_argument("--run", type=Path, help="the training run directory (splits.json, config.json)")
+    p.add_argument("--data", type=Path, help="the shared data folder")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--work", type=Path, default=Path("runs/card"))
+    p.add_argument("--timings-only", action="store_true",
+                   help="re-measure only the timings and replace that section of the existing card --out")
     args = p.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
+    if args.timings_only:
+        text = args.out.read_text()
+        head = text[: text.index("## Timings")]
+        args.out.write_text(head + "\n".join(timings_section(measure_timings(args.model, args.work))))
+        print(args.out.read_text()[len(head):])
+        return 0
+    if args.run is None or args.data is None:
+        p.error("--run and --data are needed unless --timings-only")
     model = load_model(args.model)
     manifest = model.manifest
     splits = json.loads((args.run / "splits.json").read_text())["datasets"]
@@ -79,14 +118,7 @@ def main() -> int:
     trained = sorted(splits)
     train_report = evaluate(model, [args.data / d for d in trained], "train", splits, options=options)
 
-    samples = {}
-    for name, modality in (("ct-chest", "CT"), ("mr-brain", "MR-T1c")):
-        path = subprocess.run([sys.executable, "-m", "hermesseg.cli", "sample", name, "-q"], check=True,
-                              capture_output=True, text=True).stdout.strip()
-        samples[name] = {"modality": modality,
-                         "seconds": timed_segment(args.model, path, modality, args.work / name),
-                         "seconds_fast": timed_segment(args.model, path, modality, args.work / f"{name}-fast",
-                                                       "--fast")}
+    samples = measure_timings(args.model, args.work)
 
     per_dataset = train_report.summary("dataset")
     licences = "\n".join(f"- `{d['name']}` ({d['modality']}, trained as {d['trained_as']}; cases "
@@ -124,15 +156,7 @@ def main() -> int:
         "| task | Dice |", "|---|---|",
         *[f"| {x.task} | {x.dice:.3f} |" for x in sorted(train_report.scores, key=lambda x: -x.dice)[:15]],
         "",
-        "## Timings (`hermesseg segment`, whole command incl. start-up, CPU)",
-        f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch "
-        f"{torch.__version__}, {torch.get_num_threads()} threads. No GPU was available for these measurements. "
-        "The model already works at 3 mm, so `--fast` changes nothing for it; the chest CT's time is mostly "
-        "resampling its 73 CT tasks back onto the 512x512x48 input and writing them.",
-        "",
-        "| sample | modality | default spacing | --fast |", "|---|---|---|---|",
-        *[f"| {n} | {s['modality']} | {s['seconds']:.1f} s | {s['seconds_fast']:.1f} s |" for n, s in samples.items()],
-        "",
+        *timings_section(samples),
     ]
     args.out.write_text("\n".join(lines))
     (args.work / "card.json").write_text(json.dumps({

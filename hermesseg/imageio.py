@@ -12,6 +12,7 @@ import os
 import struct
 import zlib
 from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
 import numpy as np
@@ -31,10 +32,30 @@ DETACHED_HEADER_SUFFIXES = (".mhd", ".nhdr")
 
 _TAG_MODALITY = "0008|0060"
 _TAG_SERIES_DESCRIPTION = "0008|103e"
+# MR acquisition attributes (DICOM PS3.3 C.8.3.1) kept for telling MR sequences apart.
+MR_TAGS = {"0018|0020": "ScanningSequence", "0018|0021": "SequenceVariant", "0018|0024": "SequenceName",
+           "0018|0080": "RepetitionTime", "0018|0081": "EchoTime", "0018|0082": "InversionTime",
+           "0018|1314": "FlipAngle", "0018|0010": "ContrastBolusAgent"}
 
 
-def read_image(path: str | os.PathLike) -> sitk.Image:
-    """Read a 3D scalar volume as float32 with its geometry untouched, from an image file or a DICOM series folder.
+@dataclass(frozen=True)
+class ImageInfo:
+    """What the file said about the image besides its voxels (DICOM only; empty for NIfTI, NRRD, MHA)."""
+
+    dicom_modality: str | None = None  # 0008|0060: "CT", "MR", "PT"...
+    series_description: str | None = None
+    mr_attributes: dict[str, str] = field(default_factory=dict)  # MR_TAGS names -> values, those present
+
+
+@dataclass(frozen=True)
+class InputImage:
+    image: sitk.Image  # 3D float32, finite, geometry untouched
+    info: ImageInfo
+
+
+def read_input(path: str | os.PathLike) -> InputImage:
+    """Read a 3D scalar volume as float32 with its geometry untouched, from an image file or a DICOM series folder,
+    together with what its header says (``ImageInfo``), in one pass over the files.
 
     A 4D image whose 4th axis has size 1 is accepted as its 3D volume. Voxels that are NaN (or infinite) are set to
     the minimum of the finite voxels, with a warning, so interpolation and normalisation stay finite.
@@ -42,8 +63,13 @@ def read_image(path: str | os.PathLike) -> sitk.Image:
     path = Path(path)
     if not path.exists():
         raise InputImageError(f"{path}: no such file or folder")
-    image = _read_dicom_folder(path) if path.is_dir() else _read_file(path)
-    return _finite_float32(_as_volume(image, path), path)
+    image, info = _read_dicom_folder(path) if path.is_dir() else _read_file(path)
+    return InputImage(_finite_float32(_as_volume(image, path), path), info)
+
+
+def read_image(path: str | os.PathLike) -> sitk.Image:
+    """``read_input`` without the header information."""
+    return read_input(path).image
 
 
 def expand_inputs(paths: Iterable[str | os.PathLike]) -> list[Path]:
@@ -69,21 +95,6 @@ def input_stem(path: str | os.PathLike) -> str:
     return name
 
 
-def dicom_modality(path: str | os.PathLike) -> str | None:
-    """The DICOM Modality (0008|0060: "CT", "MR", "PT"...) of a DICOM series folder, or None for anything else,
-    so a caller can pick the model's modality without asking the user."""
-    path = Path(path)
-    if not path.is_dir():
-        return None
-    series = _dicom_series(path)
-    if not series:
-        return None
-    if len(series) > 1:
-        raise InputImageError(_several_series_message(path, series))
-    value = _dicom_tag(next(iter(series.values()))[0], _TAG_MODALITY)
-    return value or None
-
-
 def write_image_atomic(image: sitk.Image, path: str | os.PathLike) -> None:
     """Write compressed, through a temporary file renamed on success, so readers (Slicer) never see a partial file."""
     path = Path(path)
@@ -98,7 +109,7 @@ def write_image_atomic(image: sitk.Image, path: str | os.PathLike) -> None:
         raise OutputError(f"{path}: cannot write image ({_sitk_reason(err)})") from err
 
 
-def _read_file(path: Path) -> sitk.Image:
+def _read_file(path: Path) -> tuple[sitk.Image, ImageInfo]:
     """Read one file, checking its header first so a large 4D or RGB file is rejected before its voxels are loaded."""
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
@@ -108,7 +119,8 @@ def _read_file(path: Path) -> sitk.Image:
                      dicom_file=reader.GetImageIOFromFileName(str(path)) == "GDCMImageIO")
         if path.name.lower().endswith((".nii", ".nii.gz")):
             _check_nifti_complete(path)
-        return reader.Execute()
+        image = reader.Execute()
+        return image, _image_info(reader.HasMetaDataKey, reader.GetMetaData)
     except RuntimeError as err:
         raise InputImageError(f"{path}: cannot read it as an image; the file is corrupt, truncated or not in a "
                               f"format SimpleITK reads ({_sitk_reason(err)})") from err
@@ -167,8 +179,8 @@ def _stored_bytes(path: Path, expected: int) -> int:
     return stored
 
 
-def _read_dicom_folder(folder: Path) -> sitk.Image:
-    """Read the folder's single DICOM series, sorted by slice position (GDCM)."""
+def _read_dicom_folder(folder: Path) -> tuple[sitk.Image, ImageInfo]:
+    """Read the folder's single DICOM series, sorted by slice position (GDCM), and its first slice's header."""
     series = _dicom_series(folder)
     if not series:
         images = _image_files(folder)
@@ -179,10 +191,22 @@ def _read_dicom_folder(folder: Path) -> sitk.Image:
         raise InputImageError(_several_series_message(folder, series))
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(list(next(iter(series.values()))))
+    reader.MetaDataDictionaryArrayUpdateOn()
     try:
-        return reader.Execute()
+        image = reader.Execute()
+        return image, _image_info(lambda tag: reader.HasMetaDataKey(0, tag), lambda tag: reader.GetMetaData(0, tag))
     except RuntimeError as err:
         raise InputImageError(f"{folder}: cannot read the DICOM series ({_sitk_reason(err)})") from err
+
+
+def _image_info(has, get) -> ImageInfo:
+    """ImageInfo from a reader's metadata accessors (``has(tag)``, ``get(tag)``)."""
+    def value(tag: str) -> str | None:
+        text = get(tag).strip() if has(tag) else ""
+        return text or None
+
+    mr = {name: v for tag, name in MR_TAGS.items() if (v := value(tag)) is not None}
+    return ImageInfo(value(_TAG_MODALITY), value(_TAG_SERIES_DESCRIPTION), mr)
 
 
 def _expand_folder(folder: Path) -> list[Path]:

@@ -16,8 +16,11 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 import SimpleITK as sitk
+import torch
+import torch.nn.functional as F
 
 from .errors import InputImageError
+from .masks import Box, largest_component
 
 CT_CLIP_ZSCORE = "ct_clip_zscore"
 PERCENTILE_CLIP_ZSCORE = "percentile_clip_zscore"
@@ -177,18 +180,23 @@ def body_mask(array_zyx: np.ndarray, norm: IntensityNorm) -> np.ndarray:
     they reach the volume's edge in 3D). Falls back to every voxel when that leaves under 2% of the volume.
     """
     mask = array_zyx > _body_threshold(array_zyx, norm)
-    mask = _fill_holes_per_slice(_largest_component(mask))
+    mask = _fill_holes_per_slice(largest_component(mask, fully_connected=False))
     if mask.mean() < _MIN_BODY_FRACTION:
         return np.ones(array_zyx.shape, dtype=bool)
     return mask
 
 
-def normalize_intensity(array_zyx: np.ndarray, norm: IntensityNorm) -> np.ndarray:
+def normalize_intensity(array_zyx: np.ndarray, norm: IntensityNorm, body: np.ndarray | None = None) -> np.ndarray:
     """Clip (fixed HU window or the region's percentiles), then z-score with the region's mean and std.
 
-    A constant region (std < 1e-6) is only centred, so the output is 0 there instead of a division by zero.
+    ``body``: the image's ``body_mask`` when the caller already has it (computed here otherwise, when the
+    normalisation needs it). A constant region (std < 1e-6) is only centred, so the output is 0 there instead of a
+    division by zero.
     """
-    region = body_mask(array_zyx, norm) if norm.stats_region == "body" else np.ones(array_zyx.shape, dtype=bool)
+    if norm.stats_region != "body":
+        region = np.ones(array_zyx.shape, dtype=bool)
+    else:
+        region = body_mask(array_zyx, norm) if body is None else body
     if norm.scheme == CT_CLIP_ZSCORE:
         lo, hi = norm.clip
     else:
@@ -203,24 +211,93 @@ def normalize_intensity(array_zyx: np.ndarray, norm: IntensityNorm) -> np.ndarra
 
 
 def resample_to_input(probabilities: np.ndarray, model_grid: sitk.Image, input_image: sitk.Image) -> np.ndarray:
-    """Bring per-task maps (T, z, y, x) from the model grid back onto the input's exact grid (linear, 0 outside).
-
-    One channel is resampled at a time, so the extra memory is one model-grid and one input-grid channel. The edge
-    values are extended by one model voxel first: ``round(extent / spacing)`` can leave the input's outermost voxel
-    centres just outside the model grid, and they must still get the model's answer, not 0.
-    """
+    """Bring per-task maps (T, z, y, x) from the model grid back onto the input's exact grid (whole volumes, with
+    ``InputGridSampler``'s rule: linear, edge extended by one model voxel, 0 outside)."""
     expected = tuple(reversed(model_grid.GetSize()))
     if probabilities.ndim != 4 or probabilities.shape[1:] != expected:
         raise ValueError(f"probabilities have shape {probabilities.shape}; expected (T, "
                          f"{', '.join(map(str, expected))}) on the model grid")
-    out = np.empty((probabilities.shape[0], *reversed(input_image.GetSize())), dtype=np.float32)
+    sampler = InputGridSampler(model_grid, input_image)
+    out = np.empty((probabilities.shape[0], *sampler.input_shape), dtype=np.float32)
     for t, channel in enumerate(probabilities):
-        on_model = sitk.GetImageFromArray(np.asarray(channel, dtype=np.float32))
-        on_model.CopyInformation(model_grid)
-        padded = sitk.ZeroFluxNeumannPad(on_model, [1, 1, 1], [1, 1, 1])
-        on_input = _resample(padded, input_image, sitk.sitkLinear, 0.0, sitk.sitkFloat32)
-        out[t] = sitk.GetArrayViewFromImage(on_input)  # the view is only valid while on_input is alive
+        out[t] = sampler.sample(torch.from_numpy(np.asarray(channel, dtype=np.float32))).numpy()
     return out
+
+
+class InputGridSampler:
+    """Linear interpolation from the model grid onto (a box of) the input's own grid, on any torch device.
+
+    The rule is ITK's linear resampling of the model grid padded by one edge-replicated voxel: the input's outermost
+    voxel centres can lie just outside the model grid (``round(extent / spacing)``), and they must still get the
+    model's answer, not 0; beyond half a voxel past that pad the value is 0. Everything runs in torch, so on a GPU the
+    probabilities never leave the device; only the (small) results are copied back by the caller.
+    """
+
+    _CHUNK_POINTS = 1 << 22  # input voxels per grid_sample call: bounds the coordinate buffer to ~50 MB
+
+    def __init__(self, model_grid: sitk.Image, input_image: sitk.Image):
+        if not _is_axis_aligned(model_grid):
+            raise ValueError("the model grid must have identity direction")
+        self.model_shape = tuple(reversed(model_grid.GetSize()))  # (z, y, x)
+        self.input_shape = tuple(reversed(input_image.GetSize()))
+        direction = np.array(input_image.GetDirection()).reshape(3, 3)
+        # Model continuous index (x, y, z) = A @ input index (i, j, k) + b, in float64.
+        self._a = np.diag(1.0 / np.array(model_grid.GetSpacing())) @ direction @ np.diag(input_image.GetSpacing())
+        self._b = (np.array(input_image.GetOrigin()) - np.array(model_grid.GetOrigin())) / np.array(
+            model_grid.GetSpacing())
+
+    def input_box(self, model_box: Box) -> Box | None:
+        """The box of input voxels (z, y, x slices) around the hull of ``model_box``'s voxel centres (up to the edge
+        extension where the box reaches the grid's edge), with 1e-6 voxel of slack, clipped to the input; None when
+        no input voxel is there. For an oblique input it is the axis-aligned box of that hull in input index space, so
+        its corners may reach beyond the crop."""
+        full = np.array(self.model_shape[::-1])
+        lo = np.array([s.start for s in reversed(model_box)], dtype=float)  # (x, y, z)
+        hi = np.array([s.stop - 1 for s in reversed(model_box)], dtype=float)
+        lo[lo == 0] = -1.5  # at the grid's edge the box reaches as far as the edge extension does
+        hi[hi == full - 1] = full[hi == full - 1] + 0.5
+        corners = np.array([np.where(bits, hi, lo) for bits in np.ndindex(2, 2, 2)])
+        index = np.linalg.solve(self._a, (corners - self._b).T).T  # input continuous (i, j, k)
+        first = np.maximum(np.ceil(index.min(axis=0) - 1e-6), 0).astype(int)
+        last = np.minimum(np.floor(index.max(axis=0) + 1e-6), np.array(self.input_shape[::-1]) - 1).astype(int)
+        if np.any(last < first):
+            return None
+        return tuple(slice(int(f), int(l) + 1) for f, l in zip(first[::-1], last[::-1]))
+
+    def sample(self, channel: torch.Tensor, model_box: Box | None = None,
+               input_box: Box | None = None) -> torch.Tensor:
+        """Values of ``channel`` (z, y, x on the whole model grid) at the voxels of ``input_box`` (default: the whole
+        input), as float32 on ``channel``'s device.
+
+        With ``model_box``, only that crop of the channel is read: exact for every input voxel whose interpolation
+        stencil lies inside the crop, and the crop's edge value beyond it (use it for masks whose crop has a margin of
+        sub-threshold voxels, not for whole probability maps).
+        """
+        model_box = model_box or tuple(slice(0, n) for n in self.model_shape)
+        input_box = input_box or tuple(slice(0, n) for n in self.input_shape)
+        crop = channel[model_box].float()
+        offset = np.array([s.start for s in reversed(model_box)], dtype=float)  # crop origin (x, y, z)
+        size = np.array(crop.shape[::-1], dtype=float)
+        full = np.array(self.model_shape[::-1], dtype=float)
+        device = channel.device
+        a = torch.tensor(self._a, dtype=torch.float32, device=device)
+        b = torch.tensor(self._b - offset, dtype=torch.float32, device=device)
+        scale = torch.tensor(2.0 / np.maximum(size - 1, 1), dtype=torch.float32, device=device)
+        lo = torch.tensor(-1.5 - offset, dtype=torch.float32, device=device)  # the padded grid's buffer, in crop index
+        hi = torch.tensor(full + 0.5 - offset, dtype=torch.float32, device=device)
+        ks, js, is_ = (torch.arange(s.start, s.stop, device=device, dtype=torch.float32) for s in input_box)
+        ny, nx = js.numel(), is_.numel()
+        out = torch.empty((ks.numel(), ny, nx), dtype=torch.float32, device=device)
+        plane = is_[None, :, None] * a[:, 0] + js[:, None, None] * a[:, 1] + b  # (ny, nx, 3) at k = 0
+        step = max(1, self._CHUNK_POINTS // max(ny * nx, 1))
+        volume = crop[None, None]
+        for z0 in range(0, ks.numel(), step):
+            xyz = plane + ks[z0:z0 + step, None, None, None] * a[:, 2]  # crop continuous index (x, y, z)
+            inside = ((xyz >= lo) & (xyz < hi)).all(dim=-1)
+            values = F.grid_sample(volume, (xyz * scale - 1.0)[None], mode="bilinear", padding_mode="border",
+                                   align_corners=True)
+            out[z0:z0 + step] = values[0, 0] * inside
+        return out
 
 
 def _corner_box(image: sitk.Image) -> tuple[np.ndarray, np.ndarray]:
@@ -271,12 +348,6 @@ def _body_threshold(array_zyx: np.ndarray, norm: IntensityNorm) -> float:
         return _CT_BODY_HU
     p1, p99 = np.percentile(array_zyx, [1, 99])
     return float(p1 + _MR_BODY_LEVEL * (p99 - p1))
-
-
-def _largest_component(mask: np.ndarray) -> np.ndarray:
-    components = sitk.RelabelComponent(sitk.ConnectedComponent(sitk.GetImageFromArray(mask.astype(np.uint8))),
-                                       sortByObjectSize=True)
-    return sitk.GetArrayViewFromImage(components) == 1
 
 
 def _fill_holes_per_slice(mask: np.ndarray) -> np.ndarray:

@@ -31,7 +31,8 @@ def small_volume(size=(6, 5, 4), pixel=sitk.sitkInt16) -> sitk.Image:
     return image
 
 
-def write_dicom_series(image: sitk.Image, folder: Path, series_uid: str, description: str, modality: str) -> None:
+def write_dicom_series(image: sitk.Image, folder: Path, series_uid: str, description: str, modality: str,
+                       extra: dict[str, str] | None = None) -> None:
     """One .dcm file per slice, with the tags GDCM uses to group and sort a series."""
     folder.mkdir(parents=True, exist_ok=True)
     d = image.GetDirection()
@@ -44,7 +45,7 @@ def write_dicom_series(image: sitk.Image, folder: Path, series_uid: str, descrip
             "0008|0060": modality, "0008|103e": description, "0020|0013": str(k + 1),
             "0020|0037": "\\".join(f"{v:.6f}" for v in (d[0], d[3], d[6], d[1], d[4], d[7])),
             "0020|0032": "\\".join(f"{v:.6f}" for v in image.TransformIndexToPhysicalPoint((0, 0, k))),
-            "0018|0050": str(image.GetSpacing()[2]),
+            "0018|0050": str(image.GetSpacing()[2]), **(extra or {}),
         }
         for key, value in tags.items():
             slice_image.SetMetaData(key, value)
@@ -95,18 +96,22 @@ def test_partial_nan_is_set_to_the_image_minimum(tmp_path, caplog):
 def test_dicom_series_round_trips_geometry_and_voxels(tmp_path):
     # A crop of a real MR, stored right-handed (DICOM slice normals are row x column) and not axis-identity.
     source = sitk.DICOMOrient(sitk.ReadImage(str(BRAIN1))[100:140, 90:150, 8:14], "LAI")
-    write_dicom_series(source, tmp_path / "t1c", "1.2.826.0.1.3680043.2.1125.2", "T1 post", "MR")
-    image = imageio.read_image(tmp_path / "t1c")
+    write_dicom_series(source, tmp_path / "t1c", "1.2.826.0.1.3680043.2.1125.2", "T1 post", "MR",
+                       {"0018|0020": "GR", "0018|0080": "8.1", "0018|0081": "3.7", "0018|0010": "Gadovist"})
+    loaded = imageio.read_input(tmp_path / "t1c")
+    image = loaded.image
     assert_same_geometry(image, source)
     np.testing.assert_array_equal(sitk.GetArrayViewFromImage(image), sitk.GetArrayViewFromImage(source))
-    assert imageio.dicom_modality(tmp_path / "t1c") == "MR"
+    assert loaded.info.dicom_modality == "MR"
+    assert loaded.info.series_description == "T1 post"
+    assert loaded.info.mr_attributes == {"ScanningSequence": "GR", "RepetitionTime": "8.1", "EchoTime": "3.7",
+                                         "ContrastBolusAgent": "Gadovist"}
 
 
-def test_dicom_modality_is_none_for_files_and_plain_folders(tmp_path):
+def test_image_files_carry_no_dicom_information(tmp_path):
     path = tmp_path / "a.nii.gz"
     sitk.WriteImage(small_volume(), str(path))
-    assert imageio.dicom_modality(path) is None
-    assert imageio.dicom_modality(tmp_path) is None
+    assert imageio.read_input(path).info == imageio.ImageInfo()
 
 
 # --- bad inputs: one test per case, each checks the message ---------------------------------------------------------
@@ -195,7 +200,7 @@ def test_dicom_folder_with_two_series_lists_them(tmp_path):
     folder = tmp_path / "study"
     write_dicom_series(small_volume(), folder, "1.2.826.0.1.3680043.2.1125.11", "T1 axial", "MR")
     write_dicom_series(small_volume((6, 5, 3)), folder, "1.2.826.0.1.3680043.2.1125.12", "T2 axial", "MR")
-    for call in (imageio.read_image, lambda p: imageio.expand_inputs([p]), imageio.dicom_modality):
+    for call in (imageio.read_input, lambda p: imageio.expand_inputs([p])):
         with pytest.raises(InputImageError) as err:
             call(folder)
         message = str(err.value)
@@ -226,7 +231,7 @@ def test_expand_inputs_folder_of_images_is_sorted_and_skips_other_files(tmp_path
 def test_expand_inputs_single_series_folder_is_one_input(tmp_path):
     write_dicom_series(small_volume(), tmp_path / "ct", "1.2.826.0.1.3680043.2.1125.21", "abdomen", "CT")
     assert imageio.expand_inputs([tmp_path / "ct"]) == [tmp_path / "ct"]
-    assert imageio.dicom_modality(tmp_path / "ct") == "CT"
+    assert imageio.read_input(tmp_path / "ct").info.dicom_modality == "CT"
 
 
 def test_expand_inputs_missing_path(tmp_path):

@@ -241,3 +241,46 @@ def test_dicom_series_is_segmented_with_its_modality_detected(model, tmp_path):
 
     mask = sitk.ReadImage(str(out / "series" / "lits_liver.nii.gz"))
     assert_same_grid(mask, read_image(folder))
+
+
+def test_official_model_new_pipeline_matches_the_baseline(model):
+    """Imported official models (no key-padding mask) keep their exact semantics: the shared encoder, batched
+    windows and boxed resampling change nothing beyond rounding."""
+    from hermesseg import load_model
+    from hermesseg.inference import InferenceOptions, predict
+    from hermesseg.inference.input_grid import on_input_grid
+
+    loaded = load_model(model)
+    image = read(MR_BRAIN)
+    tasks = loaded.resolve_tasks(["chaos", "bcv_liver"], "MR-T1", force=True)
+    new = predict(loaded, image, tasks, "MR-T1", InferenceOptions(fast=True, batch_size=2))
+    old = predict(loaded, image, tasks, "MR-T1", InferenceOptions.baseline(fast=True))
+    assert np.abs(new.probabilities - old.probabilities).max() < 1e-4
+    shape = tuple(reversed(image.GetSize()))
+    for a, b in zip(on_input_grid(new), on_input_grid(old)):
+        assert np.array_equal(a.full_mask(shape), b.full_mask(shape)), a.task.name
+
+
+def test_not_found_tasks_are_reported_and_a_rerun_replaces_the_outputs(model, tmp_path):
+    """An empty structure gets no segment and is listed as not found (JSON done event, stderr); re-running without
+    --nifti removes the earlier run's masks instead of leaving them beside the new segmentation."""
+    out = tmp_path / "out"
+    args = [sys.executable, "-m", "hermesseg.cli", "segment", str(require(MR_BRAIN)), "-o", str(out), "--model",
+            str(model), "--modality", "MR-T1", "--tasks", "chaos,lits", "--force", "--fast"]
+    first = subprocess.run(args + ["--nifti", "--progress", "json"], capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stderr
+    events = [json.loads(line) for line in first.stdout.splitlines()]
+    record = events[-1]["outputs"][0]
+    assert events[-1]["stage"] == "done"
+    assert set(record["found"]) | set(record["not_found"]) == set(record["tasks"]) and record["not_found"]
+    assert {Path(m).name for m in record["masks"]} == {f"{n}.nii.gz" for n in record["found"]}
+    assert any("not found in this image: " + ", ".join(record["not_found"]) in e["message"] for e in events)
+    import slicerio
+
+    segments = slicerio.read_segmentation(str(out / "brain1_0000.seg.nrrd"))["segments"]
+    assert [s["name"] for s in segments] == record["found"]
+    assert (out / "brain1_0000").is_dir()
+    second = subprocess.run(args + ["--progress", "none"], capture_output=True, text=True, timeout=600)
+    assert second.returncode == 0, second.stderr
+    assert f"not found in this image: {', '.join(record['not_found'])}" in second.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["brain1_0000.seg.nrrd"]

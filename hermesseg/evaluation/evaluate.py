@@ -13,6 +13,7 @@ import SimpleITK as sitk
 
 from ..errors import DatasetError, QueryError
 from ..imageio import read_image
+from ..inference.input_grid import on_input_grid
 from ..inference.pipeline import InferenceOptions, predict
 from ..model import HermesModel
 from ..nnunet import check_same_grid, read_dataset
@@ -115,8 +116,8 @@ def evaluate(model: HermesModel, data: list[Path], split: str = "all", splits: d
             image = read_image(case.image)
             truth = sitk.GetArrayFromImage(sitk.ReadImage(str(case.label)))
             prediction = predict(model, image, [t for t, _ in pairs], modality, options)
-            for (task, value), (_, _, mask) in zip(pairs, prediction.on_input_grid()):
-                gt = truth == value
+            for (task, value), result in zip(pairs, on_input_grid(prediction)):
+                mask, gt = result.full_mask(truth.shape), truth == value
                 report.scores.append(CaseScore(name, case.name, task.name, dice(mask, gt), hd95(mask, gt, image),
                                                int(gt.sum()), int(mask.sum())))
     return report

@@ -15,6 +15,7 @@ from ..atomic import atomic_path
 from ..catalogue import catalogue
 from ..errors import OutputError
 from ..manifest import TaskEntry
+from ..masks import bounding_box
 from ..nifti_integrity import nifti_gz_complete
 from ..terminology import slicer_terminology_entry
 
@@ -52,24 +53,29 @@ class SegmentationWriter:
         self.segments: list[dict] = []
 
     def _place(self, mask_ijk: np.ndarray, box: tuple[slice, ...]) -> tuple[int, int]:
+        """A layer where the box-shaped ``mask_ijk`` overlaps nothing inside ``box``, and its next label value."""
         for index, layer in enumerate(self.layers):
-            if self.next_label[index] <= 255 and not np.logical_and(layer[box] != 0, mask_ijk[box]).any():
+            if self.next_label[index] <= 255 and not np.logical_and(layer[box] != 0, mask_ijk).any():
                 return index, self.next_label[index]
         self.layers.append(np.zeros(self.shape, dtype=np.uint8))
         self.next_label.append(1)
         return len(self.layers) - 1, 1
 
-    def add(self, task: TaskEntry, mask_zyx: np.ndarray) -> None:
+    def add(self, task: TaskEntry, mask_zyx: np.ndarray, box_zyx: tuple[slice, ...] | None = None) -> None:
+        """``mask_zyx``: the task's mask inside ``box_zyx`` (z, y, x slices of the input grid; default: all of it)."""
         mask = mask_zyx.transpose(2, 1, 0).astype(bool, copy=False)
-        hits = [np.flatnonzero(mask.any(axis=tuple(a for a in range(3) if a != axis))) for axis in range(3)]
-        if hits[0].size:
-            box = tuple(slice(h[0], h[-1] + 1) for h in hits)
-            extent = [int(v) for h in hits for v in (h[0], h[-1])]
+        offset = [0, 0, 0] if box_zyx is None else [s.start for s in reversed(box_zyx)]
+        tight = bounding_box(mask)
+        if tight is not None:
+            mask = mask[tight]
+            box = tuple(slice(o + s.start, o + s.stop) for o, s in zip(offset, tight))
+            extent = [v for s in box for v in (s.start, s.stop - 1)]
         else:
             box, extent = tuple(slice(0, 0) for _ in range(3)), [0, -1, 0, -1, 0, -1]
+            mask = mask[box]
         layer, label = self._place(mask, box)
         region = self.layers[layer][box]
-        region[mask[box]] = label
+        region[mask] = label
         self.next_label[layer] = label + 1
         # Segment id = task name (stable, what programs look up); name and terminology from the catalogue.
         segment = {"id": task.name, "name": catalogue().display_name(task), "color": [c / 255.0 for c in task.color],

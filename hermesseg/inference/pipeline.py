@@ -1,24 +1,32 @@
-"""From a clinical image to per-task probabilities and masks on the input's own grid."""
+"""From a clinical image to per-task probabilities on the model grid (``predict``); ``input_grid`` takes them back.
+
+Stages and their share of one input's progress: preprocessing 0-8 %, sliding-window inference 8-80 %, then going
+back to the input grid (``input_grid.INPUT_GRID_SHARE``) and writing.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Callable, Iterator
+import contextlib
+from dataclasses import dataclass, field, replace
+from typing import Callable
 
 import numpy as np
 import SimpleITK as sitk
 import torch
 
 from ..manifest import TaskEntry
+from ..masks import bounding_box
 from ..model import HermesModel
-from ..preprocessing import Preprocessing, body_mask, normalize_intensity, resample_to_input, to_model_grid
-from .postprocess import largest_component
+from ..preprocessing import Preprocessing, body_mask, normalize_intensity, to_model_grid
+from .execution import ExecutionPlan, choose_execution
 from .query_plan import plan_queries
-from .sliding_window import count_windows, sliding_window_probabilities
+from .sliding_window import count_windows, sliding_window_queries
 
+# --fast: at least this working spacing (mm) on every axis, and at most this window overlap.
 FAST_SPACING_MM = 3.0
-# Share of one input's progress spent in each stage.
-_PREP, _INFER, _RESAMPLE = 0.08, 0.80, 0.12
+FAST_OVERLAP = 0.25
+PREP_END, INFER_END = 0.08, 0.80
+BODY_MARGIN = 8  # model voxels of air kept around the body box
 
 ProgressFn = Callable[[str, float, str], None]
 
@@ -27,50 +35,53 @@ ProgressFn = Callable[[str, float, str], None]
 class InferenceOptions:
     fast: bool = False
     overlap: float = 0.5
-    batch_size: int | None = None  # windows per forward pass; None = 4 on a GPU, 1 on the CPU
+    batch_size: int | None = None  # windows per forward pass; None = calibrated per device (execution.py)
+    threads: int | None = None  # CPU threads; None = calibrated
     threshold: float = 0.5
     largest_component: bool = False
     crop_to_body: bool = True  # skip the air around the patient (the reference trained on body-cropped volumes)
+    share_encoder: bool = True  # one encoder pass per window for all task groups (sliding_window.window_predictor)
+    crop_resample: bool = True  # go back to the input grid only inside each task's box (input_grid.py)
+
+    @classmethod
+    def baseline(cls, **changes) -> "InferenceOptions":
+        """The pipeline as it was before the speed work, for benchmarks: one window per forward pass, a full network
+        pass per task group, whole-volume resampling back. Same windows and blending as the default."""
+        return replace(cls(batch_size=1, share_encoder=False, crop_resample=False), **changes)
+
+    def effective_overlap(self) -> float:
+        return min(self.overlap, FAST_OVERLAP) if self.fast else self.overlap
 
 
 @dataclass
 class ModelSpacePrediction:
-    """Probabilities (T, z, y, x) on the model grid, one channel per selected task, in selection order."""
+    """Probabilities (T, z, y, x) float32 on the whole model grid, one channel per selected task in selection
+    order, on the device that blended them (GPU-resident on a GPU)."""
 
     tasks: list[TaskEntry]
-    probabilities: np.ndarray
+    probabilities_tensor: torch.Tensor
     model_grid: sitk.Image
     input_image: sitk.Image
     options: InferenceOptions = field(default_factory=InferenceOptions)
+    execution: ExecutionPlan | None = None
 
-    def on_input_grid(self) -> Iterator[tuple[TaskEntry, np.ndarray, np.ndarray]]:
-        """Yield (task, probability, mask) on the input grid one task at a time, to bound memory.
-
-        Probabilities are resampled back (linear) and thresholded there, so masks align voxel for voxel with the
-        input image in its own geometry.
-        """
-        for t, task in enumerate(self.tasks):
-            prob = resample_to_input(self.probabilities[t:t + 1], self.model_grid, self.input_image)[0]
-            mask = prob >= self.options.threshold
-            if self.options.largest_component:
-                mask = largest_component(mask)
-            yield task, prob, mask.astype(np.uint8)
+    @property
+    def probabilities(self) -> np.ndarray:
+        return self.probabilities_tensor.cpu().numpy()
 
 
-def body_box(array_zyx: np.ndarray, norm, margin: int) -> tuple[slice, slice, slice]:
-    """Bounding box of the body mask plus ``margin`` voxels: the only region worth running the network on."""
-    mask = body_mask(array_zyx, norm)
-    box = []
-    for axis in range(3):
-        hits = np.flatnonzero(mask.any(axis=tuple(a for a in range(3) if a != axis)))
-        lo, hi = (hits[0], hits[-1] + 1) if hits.size else (0, array_zyx.shape[axis])
-        box.append(slice(max(lo - margin, 0), min(hi + margin, array_zyx.shape[axis])))
-    return tuple(box)
+def working_spacing(pre: Preprocessing, fast: bool) -> tuple[float, float, float]:
+    return tuple(max(s, FAST_SPACING_MM) for s in pre.spacing) if fast else pre.spacing
 
 
-def working_spacing(model: HermesModel, fast: bool) -> tuple[float, float, float]:
-    spacing = tuple(model.manifest.preprocessing["spacing"])
-    return tuple(max(s, FAST_SPACING_MM) for s in spacing) if fast else spacing
+@contextlib.contextmanager
+def _threads(count: int):
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def predict(model: HermesModel, image: sitk.Image, tasks: list[TaskEntry], modality: str,
@@ -81,35 +92,48 @@ def predict(model: HermesModel, image: sitk.Image, tasks: list[TaskEntry], modal
     report = progress or (lambda stage, fraction, message: None)
     pre = Preprocessing.from_dict(model.manifest.preprocessing)
     modality_entry = model.modality(modality)
-    report("preprocess", 0.0, "resampling and normalising")
-    grid = to_model_grid(image, working_spacing(model, options.fast), channels=len(tasks))
-    raw = sitk.GetArrayFromImage(grid)
     norm = pre.norm_for(modality_entry.name)
-    box = body_box(raw, norm, margin=8) if options.crop_to_body else tuple(slice(0, n) for n in raw.shape)
-    tensor = torch.from_numpy(normalize_intensity(raw, norm)[box].copy())
-    del raw
-    report("preprocess", _PREP, "preprocessed")
+    report("preprocess", 0.0, "resampling and normalising")
+    grid = to_model_grid(image, working_spacing(pre, options.fast), channels=len(tasks))
+    raw = sitk.GetArrayFromImage(grid)
+    body = body_mask(raw, norm) if options.crop_to_body or norm.stats_region == "body" else None
+    full = tuple(slice(0, n) for n in raw.shape)
+    box = (bounding_box(body, BODY_MARGIN) or full) if options.crop_to_body else full
+    tensor = torch.from_numpy(normalize_intensity(raw, norm, body)[box].copy())
+    del raw, body
+    report("preprocess", PREP_END, "preprocessed")
 
     roi = pre.patch_size
     queries = plan_queries(model.manifest, tasks, modality_entry.name)
-    per_query = count_windows(tuple(tensor.shape), roi, options.overlap)
-    total = max(per_query * len(queries), 1)
+    overlap = options.effective_overlap()
+    windows = count_windows(tuple(tensor.shape), roi, overlap)
+    passes = len(queries) if not options.share_encoder else 1
+    total = max(windows * passes, 1)
     done = 0
 
     def on_window(n: int) -> None:
         nonlocal done
         done += n
-        report("inference", _PREP + _INFER * done / total, f"window {min(done, total)}/{total}")
+        report("inference", PREP_END + (INFER_END - PREP_END) * done / total, f"window {min(done, total)}/{total}")
 
     device = model.device
-    batch = options.batch_size or (4 if device.type == "cuda" else 1)
-    out = np.zeros((len(tasks), *reversed(grid.GetSize())), dtype=np.float32)
+    plan = choose_execution(model.network, roi, device, options.batch_size, options.threads)
+    with _threads(plan.threads):
+        if options.share_encoder:
+            probs = sliding_window_queries(model.network, tensor, queries, modality_entry.id, roi, overlap,
+                                           plan.batch_size, device, on_window)
+        else:  # the old way: a full sliding-window pass per group
+            probs = torch.cat([sliding_window_queries(model.network, tensor, [q], modality_entry.id, roi, overlap,
+                                                      plan.batch_size, device, on_window, share_encoder=False)
+                               for q in queries])
+    out = torch.zeros((len(tasks), *raw_shape(grid)), dtype=torch.float32, device=probs.device)
     position = {t.id: i for i, t in enumerate(tasks)}
-    for query in queries:
-        probs = sliding_window_probabilities(model.network, tensor, list(query.task_ids), modality_entry.id, roi,
-                                             options.overlap, batch, device, on_window)
-        for slot in query.selected:
-            out[(position[query.task_ids[slot]], *box)] = probs[slot].numpy()
-        del probs
-    report("inference", _PREP + _INFER, "inference finished")
-    return ModelSpacePrediction(tasks, out, grid, image, options)
+    order = [position[q.task_ids[slot]] for q in queries for slot in q.selected]
+    out[(order, *box)] = probs
+    del probs
+    report("inference", INFER_END, "inference finished")
+    return ModelSpacePrediction(tasks, out, grid, image, options, plan)
+
+
+def raw_shape(grid: sitk.Image) -> tuple[int, int, int]:
+    return tuple(reversed(grid.GetSize()))

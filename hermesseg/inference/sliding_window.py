@@ -1,14 +1,18 @@
-"""Gaussian-blended sliding-window inference with several windows per forward pass (MONAI's inferer), bfloat16
-autocast on CUDA, and an out-of-memory fallback: smaller batches first, then stitching in host memory."""
+"""Gaussian-blended sliding-window inference (MONAI's inferer) answering several task-group queries per window:
+the query-independent encoder runs once per window, bfloat16 autocast on CUDA, and an out-of-memory fallback
+(smaller batches first, then stitching in host memory)."""
 
 from __future__ import annotations
 
 import logging
 import math
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 from monai.inferers import SlidingWindowInferer
+
+from ..network import NULL_TASK, HermesR
+from .query_plan import GroupQuery
 
 log = logging.getLogger(__name__)
 
@@ -23,27 +27,64 @@ def count_windows(shape: tuple[int, ...], roi: tuple[int, ...], overlap: float) 
     return total
 
 
-def sliding_window_probabilities(network: torch.nn.Module, image: torch.Tensor, task_ids: list[int],
-                                 modality_id: int, roi: tuple[int, int, int], overlap: float = 0.5,
-                                 batch_size: int = 2, device: torch.device = torch.device("cpu"),
-                                 on_window: Callable[[int], None] | None = None) -> torch.Tensor:
-    """Sigmoid probabilities (T, z, y, x) float32 on the host for ``image`` (z, y, x), one channel per task id.
+def window_predictor(network: HermesR, queries: Sequence[GroupQuery], modality_id: int, device: torch.device,
+                     share_encoder: bool = True) -> Callable[[torch.Tensor], torch.Tensor]:
+    """A function from windows (b, 1, *roi) to the sigmoid probabilities (b, C, *roi) of every query's selected
+    channels, concatenated in query order.
+
+    ``share_encoder``: the encoder before the first prior fusion runs once per window for all queries; with key-padding
+    masks (``config.mask_padding``) the queries are then decoded together as one batch, each padded with null ids
+    (hidden keys, so the padding changes nothing but rounding); without masks (imported official models) each query is
+    decoded on its own, exactly as a full forward. Off: one full forward per query (the old behaviour).
+    """
+    modality = torch.tensor([modality_id], dtype=torch.long, device=device)
+    ids = [torch.tensor(q.task_ids, dtype=torch.long, device=device) for q in queries]
+    together = share_encoder and network.config.mask_padding and len(queries) > 1
+    if together:
+        width = max(len(q.task_ids) for q in queries)
+        padded = torch.full((len(queries), width), NULL_TASK, dtype=torch.long, device=device)
+        for g, q in enumerate(queries):
+            padded[g, : len(q.task_ids)] = ids[g]
+    use_bf16 = device.type == "cuda"
+
+    def logits_per_query(windows: torch.Tensor) -> list[torch.Tensor]:
+        b = windows.shape[0]
+        if not share_encoder:
+            return [network(windows, t.expand(b, -1), modality.expand(b))[0] for t in ids]
+        shared = network.encode_shared(windows)
+        if together:
+            g = len(queries)
+            task_ids = padded.repeat_interleave(b, dim=0)  # query-major, matching SharedFeatures.repeat
+            logits = network.decode(shared.repeat(g), task_ids, modality.expand(g * b))[0]
+            return list(logits.split(b, dim=0))
+        return [network.decode(shared, t.expand(b, -1), modality.expand(b))[0] for t in ids]
+
+    def predictor(windows: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
+            per_query = logits_per_query(windows)
+        chosen = [logits[:, list(q.selected)] for logits, q in zip(per_query, queries)]
+        return torch.sigmoid(torch.cat(chosen, dim=1).float())
+
+    return predictor
+
+
+def sliding_window_queries(network: HermesR, image: torch.Tensor, queries: Sequence[GroupQuery], modality_id: int,
+                           roi: tuple[int, int, int], overlap: float = 0.5, batch_size: int = 2,
+                           device: torch.device = torch.device("cpu"), on_window: Callable[[int], None] | None = None,
+                           share_encoder: bool = True) -> torch.Tensor:
+    """Sigmoid probabilities (C, z, y, x) float32 for ``image`` (z, y, x): the selected channels of each query, in
+    query order. They stay on ``device`` (GPU-resident blending) unless it runs out of memory, then on the host.
 
     ``on_window(n)`` is called after each forward pass with the number of windows it processed (progress, and the
     place where a pending cancellation signal is raised).
     """
     x = image[None, None].float()
-    tasks = torch.tensor(task_ids, dtype=torch.long, device=device)
-    modality = torch.tensor([modality_id], dtype=torch.long, device=device)
-    use_bf16 = device.type == "cuda"
+    predict = window_predictor(network, queries, modality_id, device, share_encoder)
 
     def predictor(windows: torch.Tensor) -> torch.Tensor:
-        b = windows.shape[0]
-        with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
-            logits, _ = network(windows, tasks.expand(b, -1), modality.expand(b))
-        probs = torch.sigmoid(logits.float())
+        probs = predict(windows)
         if on_window is not None:
-            on_window(b)
+            on_window(windows.shape[0])
         return probs
 
     stitch_on_device = device.type != "cpu"
@@ -53,8 +94,7 @@ def sliding_window_probabilities(network: torch.nn.Module, image: torch.Tensor, 
                                        device=device if stitch_on_device else torch.device("cpu"))
         try:
             with torch.no_grad():
-                out = inferer(x, predictor)
-            return out[0].to("cpu", torch.float32)
+                return inferer(x, predictor)[0].float()
         except torch.OutOfMemoryError:
             if device.type == "cuda":
                 torch.cuda.empty_cache()
@@ -66,3 +106,13 @@ def sliding_window_probabilities(network: torch.nn.Module, image: torch.Tensor, 
                 log.warning("out of memory; stitching the probabilities in host memory")
             else:
                 raise
+
+
+def sliding_window_probabilities(network: HermesR, image: torch.Tensor, task_ids: list[int], modality_id: int,
+                                 roi: tuple[int, int, int], overlap: float = 0.5, batch_size: int = 2,
+                                 device: torch.device = torch.device("cpu"),
+                                 on_window: Callable[[int], None] | None = None) -> torch.Tensor:
+    """Sigmoid probabilities (T, z, y, x) float32 on the host for one query (one channel per task id)."""
+    query = GroupQuery("", tuple(task_ids), tuple(range(len(task_ids))))
+    return sliding_window_queries(network, image, [query], modality_id, roi, overlap, batch_size, device,
+                                  on_window).to("cpu")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -10,6 +12,19 @@ from .config import HermesRConfig
 from .heads import ModalityHead, TaskKernelHead
 from .prior_fusion import NULL_TASK, PriorFusionLayer
 from .residual_block import residual_stage
+
+
+class SharedFeatures(NamedTuple):
+    """The query-independent features of a batch of windows: stem output f0 (B, w0, *S), encoder 1/2 output f1 and
+    encoder 1/4 output e2 before its prior fusion (both skips of the decoder, and the first fusion's input)."""
+
+    f0: torch.Tensor
+    f1: torch.Tensor
+    e2: torch.Tensor
+
+    def repeat(self, times: int) -> "SharedFeatures":
+        """The same features ``times`` times along the batch (query-major), for several queries per window."""
+        return SharedFeatures(*(t.repeat(times, *([1] * (t.dim() - 1))) for t in self))
 
 
 class Stem(nn.Module):
@@ -89,9 +104,26 @@ class HermesR(nn.Module):
 
     def forward(self, image: torch.Tensor, task_ids: torch.Tensor, modality_ids: torch.Tensor):
         task_ids, modality_ids = self._check_ids(task_ids, modality_ids)
+        return self._decode(self.encode_shared(image), task_ids, modality_ids)
+
+    def encode_shared(self, image: torch.Tensor) -> SharedFeatures:
+        """The query-independent part (spec 6: stem, encoder 1/2 and 1/4 before the first prior fusion, about 22 % of
+        the FLOPs): compute it once per window and decode every query of a request from it."""
         f0 = self.stem(image)
         f1 = self.encoder[0](f0)
-        f2, t2, m2 = self.fusion[0](self.encoder[1](f1), task_ids, modality_ids)
+        return SharedFeatures(f0, f1, self.encoder[1](f1))
+
+    def decode(self, shared: SharedFeatures, task_ids: torch.Tensor, modality_ids: torch.Tensor):
+        """``forward`` from ``encode_shared``'s features: ``decode(encode_shared(x), t, m) == forward(x, t, m)``.
+        The features' batch must equal the query's (repeat them to run several queries of one window at once)."""
+        task_ids, modality_ids = self._check_ids(task_ids, modality_ids)
+        if shared.f0.shape[0] != task_ids.shape[0]:
+            raise ValueError(f"features of batch {shared.f0.shape[0]} for a query of batch {task_ids.shape[0]}")
+        return self._decode(shared, task_ids, modality_ids)
+
+    def _decode(self, shared: SharedFeatures, task_ids: torch.Tensor, modality_ids: torch.Tensor):
+        f0, f1 = shared.f0, shared.f1
+        f2, t2, m2 = self.fusion[0](shared.e2, task_ids, modality_ids)
         f3, t3, m3 = self.fusion[1](self.encoder[2](f2), task_ids, modality_ids)
         f4, t4, m4 = self.fusion[2](self.encoder[3](f3), task_ids, modality_ids)
         d3, t5, m5 = self.fusion[3](self.decoder[0](f4, f3), task_ids, modality_ids)

@@ -1,0 +1,62 @@
+"""Going back to the input grid inside each task's box gives the masks of whole-volume resampling, voxel for voxel."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+from hermesseg.imageio import read_image
+from hermesseg.inference.input_grid import on_input_grid
+from hermesseg.inference.pipeline import InferenceOptions, ModelSpacePrediction
+from hermesseg.manifest import TaskEntry
+from hermesseg.preprocessing import InputGridSampler, resample_to_input, to_model_grid
+from paths import DATA, require
+
+IMAGES = {"lung1": DATA / "ct_lung_tumour" / "imagesTr" / "lung1_0000.nii.gz",  # 0.57 x 0.57 x 5 mm
+          "s0002": DATA / "ct_body_tsdataset" / "imagesTr" / "s0002_0000.nii.gz"}  # slightly oblique
+
+
+def _blobs(shape, centres, radius):
+    """Smooth probability blobs (0..1) on the model grid, one channel per centre."""
+    z, y, x = np.meshgrid(*(np.arange(n) for n in shape), indexing="ij")
+    return np.stack([np.exp(-((z - c[0]) ** 2 + (y - c[1]) ** 2 + (x - c[2]) ** 2) / (2 * radius ** 2))
+                     for c in centres]).astype(np.float32)
+
+
+def _task(i):
+    return TaskEntry(id=i, name=f"t{i}", group="g", modalities=["CT"], color=(1, 2, 3))
+
+
+@pytest.mark.parametrize("name", sorted(IMAGES))
+def test_boxed_masks_equal_whole_volume_masks(name):
+    image = read_image(require(IMAGES[name]))
+    grid = to_model_grid(image, (3.0, 3.0, 3.0))
+    shape = tuple(reversed(grid.GetSize()))
+    centres = [tuple(n // 2 for n in shape), (2, 3, shape[2] - 2), (shape[0] // 2, 5, 7)]  # middle, corner, edge
+    probs = _blobs(shape, centres, 3.0)
+    probs = np.concatenate([probs, np.full((1, *shape), 0.3, np.float32)])  # a task that is never found
+    tasks = [_task(i) for i in range(len(probs))]
+    whole = resample_to_input(probs, grid, image) >= 0.5
+    prediction = ModelSpacePrediction(tasks, torch.from_numpy(probs), grid, image, InferenceOptions())
+    results = list(on_input_grid(prediction))
+    for t, result in enumerate(results[:3]):
+        assert result.found and whole[t].any()
+        assert np.array_equal(result.full_mask(whole.shape[1:]), whole[t]), t
+        assert result.mask.size < whole[t].size / 20  # the work follows the structure, not the input
+    assert not results[3].found and not whole[3].any()
+
+
+def test_whole_volume_sampling_matches_simpleitk_linear_resampling():
+    """The torch sampler reproduces ITK: linear, edge extended by one model voxel (oblique input)."""
+    image = read_image(require(IMAGES["s0002"]))
+    grid = to_model_grid(image, (3.0, 3.0, 3.0))
+    channel = np.random.default_rng(0).random(tuple(reversed(grid.GetSize()))).astype(np.float32)
+    on_model = sitk.GetImageFromArray(channel)
+    on_model.CopyInformation(grid)
+    padded = sitk.ZeroFluxNeumannPad(on_model, [1, 1, 1], [1, 1, 1])
+    expected = sitk.GetArrayFromImage(sitk.Resample(padded, image, sitk.Transform(), sitk.sitkLinear, 0.0,
+                                                    sitk.sitkFloat32))
+    got = InputGridSampler(grid, image).sample(torch.from_numpy(channel)).numpy()
+    assert np.abs(got - expected).max() < 1e-4
