@@ -156,7 +156,7 @@ def segment_masks(path: str) -> dict[str, np.ndarray]:
 
     seg = slicerio.read_segmentation(path)
     voxels = seg["voxels"]
-    return {s["name"]: (voxels if voxels.ndim == 3 else voxels[s["layer"]]) == s["labelValue"]
+    return {s["id"]: (voxels if voxels.ndim == 3 else voxels[s["layer"]]) == s["labelValue"]
             for s in seg["segments"]}
 
 
@@ -205,7 +205,8 @@ def dice_summary(d: dict[str, float]) -> str:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", type=Path, default=HERE.parents[2] / "shared" / "data")
-    p.add_argument("--cases", default="s0002,lung1,lung1-3tasks,brain")
+    p.add_argument("--cases", default="s0002,lung1,lung1-3tasks,brain", help=f"from {', '.join(CASES)}")
+    p.add_argument("--no-fast", action="store_true", help="skip the --fast runs")
     p.add_argument("--full-size", action="store_true",
                    help="also time the full-size Hermes-R (random weights) on the small abdomen CT, --fast only")
     p.add_argument("--deepbet-path", help="folder holding the deepbet package and its dependencies")
@@ -218,7 +219,8 @@ def main() -> int:
         print(json.dumps(deepbet_child(spec) if spec["pipeline"] == "deepbet" else child(spec)))
         return 0
 
-    plan = [(case, "default", fast) for case in args.cases.split(",") for fast in (False, True)]
+    plan = [(case, "default", fast) for case in args.cases.split(",") for fast in (False, True)
+            if not (fast and args.no_fast)]
     if args.full_size:
         plan.append(("abdomen-small", "full-size", True))
     results = {}
@@ -240,6 +242,9 @@ def main() -> int:
                 print(f"{key} {pipeline}: {runs[pipeline].get('seconds', runs[pipeline])}", file=sys.stderr,
                       flush=True)
             results[key] = runs
+            if args.out:  # after every run, so a long benchmark that is stopped keeps what it measured
+                args.out.parent.mkdir(parents=True, exist_ok=True)
+                args.out.write_text(json.dumps(results, indent=1))
             if "baseline" in runs:
                 lines.append(row(f"{key} baseline", runs["baseline"]))
             lines.append(row(f"{key} current", runs["current"], runs.get("baseline")))

@@ -278,7 +278,7 @@ def test_not_found_tasks_are_reported_and_a_rerun_replaces_the_outputs(model, tm
     import slicerio
 
     segments = slicerio.read_segmentation(str(out / "brain1_0000.seg.nrrd"))["segments"]
-    assert [s["name"] for s in segments] == record["found"]
+    assert [s["id"] for s in segments] == record["found"]
     assert (out / "brain1_0000").is_dir()
     second = subprocess.run(args + ["--progress", "none"], capture_output=True, text=True, timeout=600)
     assert second.returncode == 0, second.stderr

@@ -22,10 +22,11 @@ an input's outputs as a whole.
 Speed: the number of windows per forward pass and of CPU threads is measured once per device and model shape (a few
 seconds on the first run, cached; see HERMESSEG_CACHE) unless --batch-size / --threads are given."""
 
-FAST_HELP = ("faster, slightly less accurate: a working spacing of at least 3 mm on every axis (coarser than the "
-             "model's when its spacing is finer; the default model already works at 3 mm) and a sliding-window "
-             "overlap of at most 0.25 instead of --overlap (window steps of 3/4 instead of 1/2 of a window: about 2/3 "
-             "as many windows per axis)")
+FAST_HELP = ("faster and less accurate: a working spacing of at least 3 mm on every axis (coarser than the model's "
+             "when its spacing is finer; the default model already works at 3 mm) and a sliding-window overlap of at "
+             "most 0.25 instead of --overlap (window steps of 3/4 instead of 1/2 of a window: about 2/3 as many "
+             "windows per axis). Measured with the default model on a head-neck-thorax CT (73 tasks): 1.7x faster, "
+             "mean Dice 0.74 against the default mode (small structures lose most)")
 
 
 def register(sub) -> None:

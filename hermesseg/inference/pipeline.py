@@ -45,9 +45,11 @@ class InferenceOptions:
 
     @classmethod
     def baseline(cls, **changes) -> "InferenceOptions":
-        """The pipeline as it was before the speed work, for benchmarks: one window per forward pass, a full network
-        pass per task group, whole-volume resampling back. Same windows and blending as the default."""
-        return replace(cls(batch_size=1, share_encoder=False, crop_resample=False), **changes)
+        """The pipeline as it was before the speed work, for benchmarks: one window per forward pass and torch's
+        default threads, a full network pass per task group, whole-volume resampling back. Same windows and blending
+        as the default."""
+        old = cls(batch_size=1, threads=torch.get_num_threads(), share_encoder=False, crop_resample=False)
+        return replace(old, **changes)
 
     def effective_overlap(self) -> float:
         return min(self.overlap, FAST_OVERLAP) if self.fast else self.overlap
