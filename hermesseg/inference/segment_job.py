@@ -67,6 +67,9 @@ def _write(model: HermesModel, prediction, path: Path, request: SegmentRequest, 
     record = {"input": str(path), "modality": modality, "segmentation": str(seg_path), "masks": [],
               "probabilities": [], "tasks": [t.name for t in prediction.tasks], "found": [], "not_found": []}
     extra = request.nifti or request.probabilities
+    if extra:  # every map's name is checked before anything is written, found or not
+        for t in prediction.tasks:
+            child_path(maps_dir, f"{t.name}.nii.gz"), child_path(maps_dir, f"{t.name}_probability.nii.gz")
     folder_ctx = atomic_folder(maps_dir) if extra else contextlib.nullcontext()
     with folder_ctx as folder:
         shape = tuple(reversed(prediction.input_image.GetSize()))
