@@ -95,6 +95,21 @@ def input_stem(path: str | os.PathLike) -> str:
     return name
 
 
+def dicom_modality(path: str | os.PathLike) -> str | None:
+    """The DICOM Modality (0008|0060: "CT", "MR", "PT"...) of a DICOM series folder, or None for anything else
+    (used by the modality guess, which reads the header before the voxels; ``read_input`` gives it with the image)."""
+    path = Path(path)
+    if not path.is_dir():
+        return None
+    series = _dicom_series(path)
+    if not series:
+        return None
+    if len(series) > 1:
+        raise InputImageError(_several_series_message(path, series))
+    value = _dicom_tag(next(iter(series.values()))[0], _TAG_MODALITY)
+    return value or None
+
+
 def write_image_atomic(image: sitk.Image, path: str | os.PathLike) -> None:
     """Write compressed, through a temporary file renamed on success, so readers (Slicer) never see a partial file."""
     path = Path(path)
