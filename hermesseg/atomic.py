@@ -141,3 +141,18 @@ def atomic_folder(target: str | os.PathLike) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def check_output_file(output: str | os.PathLike, *inputs: str | os.PathLike) -> Path:
+    """Refuse an output file that is a folder or the same file as one of ``inputs`` (writing it would replace an
+    input: the parent model is never modified). Returns the output as a Path."""
+    output = Path(output)
+    if output.is_dir():
+        raise OutputError(f"-o {output} is a folder; give the file to write")
+    for source in inputs:
+        source = Path(source)
+        same = output.resolve() == source.resolve() or (output.exists() and source.exists()
+                                                        and os.path.samefile(output, source))
+        if same:
+            raise OutputError(f"-o {output} is the input {source}; write the result to a new file")
+    return output

@@ -42,3 +42,7 @@ class Cancelled(HermesError):
     """The run was cancelled by a signal; nothing was written."""
 
     exit_code = 130
+
+
+class TaskPackError(HermesError):
+    """A task pack is corrupt, made for another base model, or cannot be added to this one."""

@@ -21,6 +21,8 @@ COMMAND_MODULES = (
     "train_command",
     "add_task_command",
     "evaluate_command",
+    "export_task_command",
+    "import_task_command",
 )
 
 

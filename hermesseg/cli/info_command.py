@@ -17,11 +17,13 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
+    from ..compatibility import compatibility_fingerprint
     from ..model_file import manifest_summary, model_identity, read_model_state
 
     path = require_model_path(args.model)
     manifest, state = read_model_state(path)
     summary = manifest_summary(manifest, sum(t.numel() for t in state.values()), model_identity(path))
+    summary["compatibility_fingerprint"] = compatibility_fingerprint(state)
     if args.json:
         print(json.dumps(summary, indent=1))
         return 0
@@ -39,6 +41,7 @@ def run(args) -> int:
     measured = [t for t in manifest.tasks if t.quality]
     print(f"measured quality: {len(measured)} of {len(manifest.tasks)} tasks have held-out Dice, "
           f"{sum(t['default'] for t in summary['tasks'])} run by default; per structure: `hermesseg tasks {path}`")
+    print(f"compatibility fingerprint (task packs): {summary['compatibility_fingerprint']}")
     for record in summary["lineage"]:
         print(f"lineage: {record['operation']} {record['created']} parent={str(record['parent'])[:12]} "
               f"datasets={','.join(record['datasets'])}")
