@@ -1,0 +1,95 @@
+"""The add-task benchmark's pieces: the patient split, the dataset subsets, method detection (fast); a tiny run (slow)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+
+import pytest
+import torch
+
+from hermesseg.nnunet import load_datasets
+
+from paths import DATA, REPO, require
+
+spec = importlib.util.spec_from_file_location("bench_add_task", REPO / "benchmarks" / "bench_add_task.py")
+bench = importlib.util.module_from_spec(spec)
+sys.modules[spec.name] = bench  # dataclasses look their module up here
+spec.loader.exec_module(bench)
+
+ACDC = DATA / "mr_cine_heart_acdc"
+PATIENT = bench.DATASETS["acdc"].patient_pattern
+
+
+def test_acdc_is_split_by_patient_never_by_frame():
+    cases = bench.dataset_cases(require(ACDC))
+    assert len(cases) == 40
+    pool, heldout = bench.split_patients(cases, PATIENT, 10, seed=0)
+    assert len(pool) == 10 and len(heldout) == 10 and not set(pool) & set(heldout)
+    train = bench.cases_of(pool[:5], cases, PATIENT)
+    test = bench.cases_of(heldout, cases, PATIENT)
+    assert len(train) == 10 and len(test) == 20  # both frames of each patient, on one side only
+    assert {c.split("_frame")[0] for c in train}.isdisjoint(c.split("_frame")[0] for c in test)
+    assert bench.split_patients(cases, PATIENT, 10, seed=0) == (pool, heldout)  # seeded
+    assert bench.split_patients(cases, PATIENT, 10, seed=1)[0] != pool
+    assert bench.split_patients(cases, PATIENT, 10, seed=0, max_heldout=3)[1] == heldout[:3]
+    with pytest.raises(ValueError, match="20 patients cannot give 20"):
+        bench.split_patients(cases, PATIENT, 20, seed=0)
+    with pytest.raises(ValueError, match="does not match the patient pattern"):
+        bench.patient_of("case7", PATIENT)
+
+
+def test_left_atrium_cases_are_patients():
+    cases = bench.dataset_cases(require(DATA / "mr_left_atrium"))
+    pool, heldout = bench.split_patients(cases, None, 10, seed=0)
+    assert len(pool) == 10 and len(heldout) == 14 and bench.cases_of(pool[:2], cases, None) == sorted(pool[:2])
+
+
+def test_subset_is_a_valid_dataset_of_only_the_chosen_cases(tmp_path):
+    cases = bench.dataset_cases(require(ACDC))
+    pool, _ = bench.split_patients(cases, PATIENT, 10, seed=0)
+    chosen = bench.cases_of(pool[:2], cases, PATIENT)
+    subset = bench.build_subset(ACDC, chosen, tmp_path / "acdc_k2")
+    (ds,) = load_datasets([subset], ["MR-cine"], {})  # the engine's reader validates every case's grid
+    assert sorted(c.name for c in ds.cases) == chosen and ds.name == "mr_cine_heart_acdc"
+    assert json.loads((subset / "dataset.json").read_text())["numTraining"] == 4
+    image = subset / "imagesTr" / f"{chosen[0]}_0000.nii.gz"
+    assert image.is_symlink() and image.resolve() == (ACDC / "imagesTr" / image.name).resolve()
+    bench.build_subset(ACDC, chosen[:1], subset)  # rebuilt, not merged
+    assert len(list((subset / "labelsTr").iterdir())) == 1
+
+
+def test_method_detection_and_options():
+    assert bench.cli_offers("export-task") and not bench.cli_offers("no-such-command")
+    assert not bench.cli_offers("export-task", "adapter")  # no --mode there
+    args = bench.parse_args(["--methods", "unet,priors", "--k", "1,5", "--datasets", "acdc"])
+    assert args.methods == ["priors", "unet"] and args.k == [1, 5]  # the U-Net runs after priors, for its time
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--methods", "magic"])
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--k", "11"])
+
+
+def test_trained_parameters_counts_new_and_changed_elements():
+    base = {"a.task_prior": torch.zeros(3, 4), "b": torch.ones(5)}
+    new = {"a.task_prior": torch.cat([torch.zeros(3, 4), torch.ones(2, 4)]), "b": torch.tensor([1., 2, 1, 1, 3]),
+           "adapters.0.w": torch.zeros(6)}
+    assert bench.trained_parameters(base, new) == 8 + 2 + 6
+    assert bench.trained_parameters(base, base) == 0
+
+
+@pytest.mark.slow
+def test_tiny_run_scores_the_unet_and_every_available_method(tmp_path):
+    out = tmp_path / "bench.json"
+    assert bench.main(["--datasets", "acdc", "--k", "1", "--methods", "priors,unet", "--unet-seconds", "30",
+                       "--steps", "20", "--max-heldout", "1", "--work", str(tmp_path / "work"),
+                       "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    unet = next(r for r in rows if r["method"] == "unet")
+    assert unet["status"] == "ok" and unet["steps"] > 0 and unet["trained_parameters"] > 1_000_000
+    assert set(unet["dice"]) == {"right_ventricle", "myocardium", "left_ventricle"}
+    assert all(0.0 <= d <= 1.0 for d in unet["dice"].values())
+    priors = next(r for r in rows if r["method"] == "priors")
+    if priors["status"] != "not available":
+        assert priors["status"] == "ok" and priors["forgetting"] == 0.0 and priors["pack_bytes"] < 100_000
