@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -29,12 +30,14 @@ from .compatibility import (ADAPTER_PREFIX, MODALITY_HEAD_ROWS, MODALITY_TABLE_S
 from .errors import ModelFileError, TaskPackError
 from .manifest import LineageRecord, Manifest, ModalityEntry, TaskEntry
 from .model_file import expected_shapes, read_model_state, save_model, weights_fingerprint
+from .names import shown
 from .network import HermesR, HermesRConfig
 from .preprocessing import IntensityNorm
 
 PACK_KEY = "hermes_task_pack"
 PACK_FORMAT = "hermes-task-pack"
 PACK_VERSION = 1
+_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 
 
 @dataclass
@@ -160,9 +163,9 @@ def _strings(values: list, where: str) -> list[str]:
 
 def _task(raw, i: int) -> TaskEntry:
     task = _entry(TaskEntry, raw, f"pack task {i}", {"id": int, "name": str, "group": str, "modalities": list})
-    _strings(task.modalities, f"pack task {task.name!r}: 'modalities'")
+    _strings(task.modalities, f"pack task {i}: 'modalities'")
     if not isinstance(task.color, (list, tuple)):
-        raise TaskPackError(f"pack task {task.name!r}: 'color' must be a list of 3 integers")
+        raise TaskPackError(f"pack task {i}: 'color' must be a list of 3 integers")
     return replace(task, color=tuple(task.color))
 
 
@@ -183,7 +186,7 @@ def _modality(raw, i: int) -> PackModality:
     try:
         IntensityNorm.from_dict(intensity)
     except (TypeError, ValueError) as e:
-        raise TaskPackError(f"{where} ({entry.name!r}) has an invalid intensity normalisation: {e}") from None
+        raise TaskPackError(f"{where} has an invalid intensity normalisation: {e}") from None
     return PackModality(entry, intensity, _field(raw, "block_sha256", str, where))
 
 
@@ -205,7 +208,8 @@ def _parse_metadata(meta: dict, path: Path) -> dict:
 
 def read_pack(path: str | os.PathLike) -> TaskPack:
     """Read and validate a pack: metadata types, tensor names and shapes against its own tables, the tensors'
-    sha256, finite values. Every problem is one TaskPackError naming the file."""
+    sha256, finite values, every name and text (``hermesseg.names``), each modality block against its sha256.
+    Every problem is one TaskPackError naming the file."""
     path = Path(path)
     if not path.is_file():
         raise TaskPackError(f"task pack not found: {path}")
@@ -225,9 +229,28 @@ def read_pack(path: str | os.PathLike) -> TaskPack:
     for name, t in tensors.items():
         if t.dtype != torch.float32 or not bool(torch.isfinite(t).all()):
             raise TaskPackError(f"{path}: tensor {name!r} is not finite float32")
+    pack = TaskPack(_field(d, "base_fingerprint", str, "pack metadata"), _field(d, "source", dict, "pack metadata"),
+                    tasks, modalities, lineage, tensors)
+    _check_strings(pack, path)
     _check_modalities(tasks, modalities, tensors, path)
-    source = _field(d, "source", dict, "pack metadata")
-    return TaskPack(_field(d, "base_fingerprint", str, "pack metadata"), source, tasks, modalities, lineage, tensors)
+    return pack
+
+
+def _check_strings(pack: TaskPack, path: Path) -> None:
+    """Digests are sha256 hex; every name and text follows the one rule (``hermesseg.names``, as the manifest
+    applies it), before any of them reaches a message, a manifest or a file name."""
+    digests = {"base_fingerprint": pack.base_fingerprint, "source weights_sha256": pack.source.get("weights_sha256"),
+               **{f"modality {i} block_sha256": m.block_sha256 for i, m in enumerate(pack.modalities)}}
+    for field, value in digests.items():
+        if not (isinstance(value, str) and _SHA256_HEX.fullmatch(value)):
+            raise TaskPackError(f"{path}: {field} {shown(value)} is not a sha256 hex digest")
+    entries = Manifest(name=pack.source.get("name"), version=pack.source.get("version"), architecture={},
+                       tasks=pack.tasks, modalities=[m.entry for m in pack.modalities], preprocessing={},
+                       lineage=pack.lineage)
+    try:
+        entries._validate_strings()
+    except ModelFileError as e:
+        raise TaskPackError(f"{path}: {e}") from None
 
 
 def _check_modalities(tasks: list[TaskEntry], modalities: list[PackModality], tensors: dict, path: Path) -> None:
@@ -251,7 +274,7 @@ def _check_pack_layout(shapes: dict[str, tuple], num_tasks: int, num_modalities:
     """Pack tensors are model tensor names whose first dimension counts the pack's tasks or modalities."""
     for name, shape in shapes.items():
         if not _is_pack_tensor(name):
-            raise TaskPackError(f"{path}: unexpected tensor {name!r} in the pack")
+            raise TaskPackError(f"{path}: unexpected tensor {shown(name)} in the pack")
         rows = num_tasks if name.endswith(TASK_TABLE_SUFFIX) else num_modalities
         if not shape or shape[0] != rows:
             raise TaskPackError(f"{path}: tensor {name!r} has shape {shape}, expected {rows} rows")

@@ -269,6 +269,21 @@ def _flip_bit(t):
         scheme="exec")), "invalid intensity normalisation"),
     ("lineage", lambda s, d: _rewrite_pack(s, d, edit_meta=lambda m: m["lineage"][0].update(datasets=[1])),
      "'datasets' must be a list of strings"),
+    # hostile names and text: the one name rule (hermesseg.names) applies to everything a pack brings in
+    ("path_name", lambda s, d: _rewrite_pack(s, d, edit_meta=lambda m: m["tasks"][0].update(name="../../etc/x")),
+     "task name '../../etc/x' is not a valid name"),
+    ("newline_group", lambda s, d: _rewrite_pack(s, d, edit_meta=lambda m: m["tasks"][2].update(group="a\nb")),
+     "group 'a\\nb' is not a valid name"),
+    ("long_name", lambda s, d: _rewrite_pack(s, d, edit_meta=lambda m: m["tasks"][1].update(name="x" * 65)),
+     "it has 65 characters"),
+    ("device_modality", lambda s, d: _rewrite_pack(s, d, edit_meta=lambda m: m["modalities"][0]["entry"].update(
+        name="CON")), "modality name 'CON' is not a valid name"),
+    ("bidi_notes", lambda s, d: _rewrite_pack(s, d, edit_meta=lambda m: m["lineage"][0].update(
+        notes="ok\u202egnp.exe")), "contains the character '\\u202e'"),
+    ("fingerprint", lambda s, d: _rewrite_pack(s, d, edit_meta=lambda m: m.update(
+        base_fingerprint="ab\nhermesseg: all good")), "base_fingerprint 'ab\\nhermesseg: all good' is not a sha256"),
+    ("source_name", lambda s, d: _rewrite_pack(s, d, edit_meta=lambda m: m["source"].update(name="-rf")),
+     "model name '-rf' is not a valid name"),
 ])
 def test_corrupt_packs_are_refused_with_one_line(work, pack, capsys, name, make, message):
     root, base, _ = work
