@@ -147,8 +147,7 @@ def check_output_file(output: str | os.PathLike, *inputs: str | os.PathLike) -> 
     """Refuse an output file that is a folder or the same file as one of ``inputs`` (writing it would replace an
     input: the parent model is never modified). Returns the output as a Path."""
     output = Path(output)
-    if output.is_dir():
-        raise OutputError(f"-o {output} is a folder; give the file to write")
+    refuse_folder(output)
     for source in inputs:
         source = Path(source)
         same = output.resolve() == source.resolve() or (output.exists() and source.exists()
