@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import sys
 
+from ..add_task_options import DEFAULT_SPLIT_GROUP_PATTERN, DEFAULT_STEPS, DEFAULT_TIME_LIMIT_S, MODES
 from ..errors import HermesError
-from ..inference.cancel import cancel_on_signals
-from ..progress import Progress
-from ..training.add_task import (DEFAULT_SPLIT_GROUP_PATTERN, DEFAULT_STEPS, DEFAULT_TIME_LIMIT_S, MODES,
-                                  AddTaskRequest, add_task)
 
 
 def register(sub) -> None:
@@ -48,6 +45,10 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
+    from ..inference.cancel import cancel_on_signals  # torch and the trainer: only when the command runs
+    from ..progress import Progress
+    from ..training.add_task import AddTaskRequest, add_task
+
     progress = Progress(args.progress)
     labels = [x.strip() for x in args.labels.split(",") if x.strip()] if args.labels else None
     request = AddTaskRequest(base=args.base, data=list(args.data), output=args.output, labels=labels,

@@ -5,7 +5,6 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from ..task_pack import export_tasks
 
 
 def register(sub) -> None:
@@ -19,6 +18,8 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
+    from ..task_pack import export_tasks  # torch: only when the command runs
+
     pack = export_tasks(args.model, args.names, args.output)
     groups = ", ".join(dict.fromkeys(t.group for t in pack.tasks))
     print(f"wrote {args.output}: {len(pack.tasks)} task(s) of {groups}, modalities "

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import sys
 
-from ..task_pack import import_pack
 
 
 def register(sub) -> None:
@@ -16,6 +15,8 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
+    from ..task_pack import import_pack  # torch: only when the command runs
+
     manifest = import_pack(args.base, args.pack, args.output)
     added = manifest.lineage[-1].tasks
     print(f"wrote {args.output}: {len(manifest.tasks)} tasks ({len(added)} imported: {', '.join(added)}), "

@@ -47,6 +47,7 @@ from .cache import CachedCase, build_cache, default_cache_dir
 from .config import resolve_config
 from .distributed import DistContext, pick_device
 from .forgetting import ForgettingCheckError, compare_parent_tasks
+from ..add_task_options import DEFAULT_SPLIT_GROUP_PATTERN, DEFAULT_STEPS, DEFAULT_TIME_LIMIT_S, MODES  # noqa: F401
 from .init_choice import InitChoice, best_overlap
 from .loop import Step, new_prior_rows, prepare_optimisation, run_iterations
 from .model_card import data_licences
@@ -56,14 +57,9 @@ from .sampling import PatchSampler, Source
 from .splits import make_splits
 from .validation import dice_per_task, predict_volume
 
-MODES = ("priors",)
-# Cases named <patient>_frameNN (cine MR phases) are grouped by patient: no patient is split across train/held-out.
-DEFAULT_SPLIT_GROUP_PATTERN = r"^(.+?)_frame\d+$"
 MIN_GROUPS_FOR_HELD_OUT = 3
 HELD_OUT_FRACTION = 0.2
 MAX_INIT_CASES = 2  # training cases the init-from overlap is scored on
-DEFAULT_STEPS = 400
-DEFAULT_TIME_LIMIT_S = 600.0
 CHECK_WINDOW = 32  # the forgetting check's window edge (voxels): bit-identity does not depend on the window size
 CHECK_STEPS = 12  # the check and the write take about as long as this many training steps (8 groups, 2 models)
 # The optimiser of the new rows (measured on ACDC from the default model; see README "Teaching a new structure").
