@@ -331,3 +331,33 @@ def test_a_different_block_for_a_known_modality_is_refused(work, pack):
         from hermesseg.task_pack import import_pack
         import_pack(other, pack, root / "never2.safetensors")
     assert not (root / "never2.safetensors").exists()
+
+
+@pytest.mark.slow  # one real add-task run: about 90 s on the shared 2 cores
+def test_round_trip_of_a_real_add_task_output(tmp_path, cine_patch, capsys):
+    """add-task teaches the base one ACDC patient's three structures in the new modality MR-cine; its pack, imported
+    into a fresh copy of the base, gives the same logits bit for bit, and the copy keeps the base's fingerprint."""
+    from hermesseg.training.add_task import AddTaskRequest, add_task
+
+    data = tmp_path / "acdc1"
+    for sub in ("imagesTr", "labelsTr"):
+        (data / sub).mkdir(parents=True)
+    meta = json.loads((require(ACDC) / "dataset.json").read_text())
+    (data / "dataset.json").write_text(json.dumps({**meta, "name": "acdc1", "numTraining": 2}))
+    for frame in ("patient001_frame01", "patient001_frame02"):
+        (data / "imagesTr" / f"{frame}_0000.nii.gz").symlink_to(ACDC / "imagesTr" / f"{frame}_0000.nii.gz")
+        (data / "labelsTr" / f"{frame}.nii.gz").symlink_to(ACDC / "labelsTr" / f"{frame}.nii.gz")
+    taught = tmp_path / "taught.safetensors"
+    add_task(AddTaskRequest(base=str(require(BASE)), data=[str(data)], output=str(taught), steps=2, seed=1,
+                            device="cpu", cache_dir=str(tmp_path / "cache")))
+    pack, fresh, out = tmp_path / "acdc1.pack", tmp_path / "fresh.safetensors", tmp_path / "imported.safetensors"
+    assert run_cli(capsys, "export-task", taught, "acdc1", "-o", pack)[0] == 0
+    shutil.copyfile(BASE, fresh)
+    code, err = run_cli(capsys, "import-task", fresh, pack, "-o", out)
+    assert code == 0, err
+    assert [t.name for t in read_pack(pack).tasks] == ["acdc1_right_ventricle", "acdc1_myocardium",
+                                                         "acdc1_left_ventricle"]
+    assert torch.equal(group_logits(out, "acdc1", cine_patch), group_logits(taught, "acdc1", cine_patch))
+    base_fp = compatibility_fingerprint(read_model_state(BASE)[1])
+    assert compatibility_fingerprint(read_model_state(taught)[1]) == base_fp == read_pack(pack).base_fingerprint
+    assert pack.stat().st_size < 20_000
