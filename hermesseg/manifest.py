@@ -27,8 +27,7 @@ from typing import Any
 
 from .errors import ModelFileError
 from .names import check_name, check_text, shown
-from .network import HermesRConfig
-from .network.config import patch_size_problem
+from .network.config import HermesRConfig, patch_size_problem  # not .network: that would import torch
 from .preprocessing import Preprocessing
 
 FORMAT_NAME = "hermes-model"

@@ -7,7 +7,6 @@ shape, and the weights' fingerprint. See ``hermesseg.manifest`` for what the dig
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from pathlib import Path
 
@@ -16,14 +15,11 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from .atomic import atomic_path
-from .catalogue import catalogue
 from .errors import ModelFileError
 from .manifest import Manifest, manifest_digest
+from .model_header import (  # noqa: F401 - torch-free, re-exported for the engine's callers
+    MANIFEST_DIGEST_KEY, MANIFEST_KEY, manifest_summary, model_identity, read_manifest)
 from .network import HermesR, HermesRConfig
-from .selection import MIN_HELDOUT_CASES, MIN_HELDOUT_DICE, default_selection, quality_text
-
-MANIFEST_KEY = "hermes_manifest"
-MANIFEST_DIGEST_KEY = "hermes_manifest_sha256"  # absent in files written before it existed (hermes-mini)
 
 
 def weights_fingerprint(state: dict[str, torch.Tensor]) -> str:
@@ -72,39 +68,12 @@ def save_model(path: str | os.PathLike, network: HermesR, manifest: Manifest) ->
 
 
 def _open(path: Path):
-    if not path.exists():
-        raise ModelFileError(f"model file not found: {path}")
-    if path.is_dir():
-        raise ModelFileError(f"{path} is a folder, not a model file")
+    """The weights of a file whose header :func:`read_manifest` has checked."""
     try:
         return safe_open(str(path), framework="pt", device="cpu")
     except (SafetensorError, OSError, ValueError) as e:
         raise ModelFileError(f"{path} is not a readable Hermes model file (safetensors: {e}); "
                              f"is it truncated, or an official .pth that needs `hermesseg import-official`?") from None
-
-
-def _manifest_text(path: Path) -> str:
-    """The manifest JSON text, checked against its stored digest when the file has one."""
-    with _open(path) as f:
-        meta = f.metadata() or {}
-    if MANIFEST_KEY not in meta:
-        raise ModelFileError(f"{path} is a safetensors file without a Hermes manifest")
-    text = meta[MANIFEST_KEY]
-    stored = meta.get(MANIFEST_DIGEST_KEY)
-    if stored is not None and stored != manifest_digest(text):
-        raise ModelFileError(f"{path}: the manifest does not match its stored digest (the file was edited or is "
-                             f"corrupted)")
-    return text
-
-
-def read_manifest(path: str | os.PathLike) -> Manifest:
-    """Read and validate only the manifest (fast: the header, not the weights)."""
-    return Manifest.from_json(_manifest_text(Path(path)))
-
-
-def model_identity(path: str | os.PathLike) -> str:
-    """The model's identity (``hermesseg.manifest.manifest_digest`` of its manifest): covers names and weights."""
-    return manifest_digest(_manifest_text(Path(path)))
 
 
 def read_model_state(path: str | os.PathLike, verify: bool = True) -> tuple[Manifest, dict[str, torch.Tensor]]:
@@ -122,30 +91,3 @@ def read_model_state(path: str | os.PathLike, verify: bool = True) -> tuple[Mani
     if verify and weights_fingerprint(state) != manifest.weights_sha256:
         raise ModelFileError(f"{path}: the weights do not match the manifest's fingerprint (corrupted file)")
     return manifest, state
-
-
-def manifest_summary(manifest: Manifest, num_parameters: int, identity: str | None = None) -> dict:
-    """What `hermesseg info --json` prints; ``identity`` is :func:`model_identity`; a task's ``default``: it runs
-    without --tasks (hermesseg.selection)."""
-    default_ids = {t.id for m in manifest.modalities for t in default_selection(manifest.tasks, m.name).chosen}
-    return {
-        "name": manifest.name,
-        "version": manifest.version,
-        "format_version": manifest.format_version,
-        "architecture": manifest.architecture,
-        "num_parameters": num_parameters,
-        "num_task_rows": manifest.config.num_task_rows,
-        "tasks": [{"id": t.id, "name": t.name, "display_name": catalogue().display_name(t), "group": t.group,
-                   "modalities": t.modalities, "color": list(t.color), "terminology": catalogue().terminology(t),
-                   "note": catalogue().note(t), "quality": t.quality, "quality_text": quality_text(t),
-                   "default": t.id in default_ids} for t in manifest.tasks],
-        "default_rule": {"min_heldout_dice": MIN_HELDOUT_DICE, "min_heldout_cases": MIN_HELDOUT_CASES},
-        "groups": manifest.groups,
-        "modalities": [{"id": m.id, "name": m.name, "description": m.description, "dicom": m.dicom}
-                       for m in manifest.modalities],
-        "preprocessing": manifest.preprocessing,
-        "lineage": [json.loads(json.dumps(r.__dict__)) for r in manifest.lineage],
-        "weights_sha256": manifest.weights_sha256,
-        "manifest_sha256": identity,
-        "card": manifest.card,
-    }

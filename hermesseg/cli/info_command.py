@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import json
 
-from pathlib import Path
-
 from ..default_model import require_model_path
+from ..model_header import model_summary
 
 
 def register(sub) -> None:
@@ -18,12 +17,12 @@ def register(sub) -> None:
 
 def run(args) -> int:
     from ..compatibility import compatibility_fingerprint
-    from ..model_file import manifest_summary, model_identity, read_model_state
+    from ..model_file import read_model_state  # torch: only when the command runs
 
     path = require_model_path(args.model)
-    manifest, state = read_model_state(path)
-    summary = manifest_summary(manifest, sum(t.numel() for t in state.values()), model_identity(path))
-    summary["compatibility_fingerprint"] = compatibility_fingerprint(state)
+    manifest, state = read_model_state(path)  # the weights are checked too (layout, fingerprint)
+    summary = model_summary(path)  # the same summary the Slicer modules read without torch
+    summary["compatibility_fingerprint"] = compatibility_fingerprint(state)  # hashes weights: engine only
     if args.json:
         print(json.dumps(summary, indent=1))
         return 0
