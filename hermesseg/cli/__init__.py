@@ -10,6 +10,7 @@ import sys
 
 from .. import __version__
 from ..errors import HermesError, os_error_message
+from ..parent_watch import watch_parent_from_environment
 
 # Sub-command modules; each exposes register(subparsers) and sets func=run(args) -> exit code.
 COMMAND_MODULES = (
@@ -50,6 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help(sys.stderr)
         return 2
+    watch_parent_from_environment()  # a parent that dies (Slicer crashed) stops the command as SIGTERM does
     try:
         code = int(args.func(args) or 0)
         sys.stdout.flush()  # a closed pipe must surface here, not in the interpreter's final flush
