@@ -41,14 +41,15 @@ def parseArguments(argv):
     return args
 
 
-def runModuleTests(moduleName: str, allowSkips: bool) -> bool:
+def runModuleTests(moduleName: str, allowSkips: bool) -> tuple[bool, str]:
+    """(passed, one summary line)."""
     import slicer
 
     print(f"\n===== {moduleName} self-tests =====", flush=True)
     if not hasattr(slicer.modules, moduleName.lower()):
         print(f"FAILED: module {moduleName} is not loaded. Install HermesExtension, or start Slicer with "
               "--additional-module-paths pointing at the module folders.", flush=True)
-        return False
+        return False, f"{moduleName}: not loaded"
     # Create the module widget as the application does when the user opens the module.
     if slicer.util.mainWindow() is not None:
         slicer.util.selectModule(moduleName)
@@ -58,13 +59,33 @@ def runModuleTests(moduleName: str, allowSkips: bool) -> bool:
     testClass = getattr(pythonModule, moduleName + "Test", None)
     if testClass is None:
         print(f"FAILED: {moduleName}.py has no {moduleName}Test class", flush=True)
-        return False
+        return False, f"{moduleName}: no test class"
     suite = unittest.TestLoader().loadTestsFromTestCase(testClass)
     result = unittest.TextTestRunner(stream=sys.stdout, verbosity=2).run(suite)
-    if result.skipped and not allowSkips:
-        print(f"FAILED: {len(result.skipped)} test(s) skipped and --no-skips was given", flush=True)
-        return False
-    return result.wasSuccessful()
+    passed, lines = summarize(moduleName, result, allowSkips)
+    for line in lines:
+        print(line, flush=True)
+    return passed, lines[0]
+
+
+def summarize(moduleName: str, result: unittest.TestResult, allowSkips: bool) -> tuple[bool, list[str]]:
+    """Whether the module passed, and the lines that say what ran, failed and was skipped (with the reasons).
+
+    A module whose tests were all skipped has not been tested: that is reported as such, and fails with
+    --no-skips like any skip."""
+    skipped = [(test.id().rsplit(".", 1)[-1], reason) for test, reason in result.skipped]
+    bad = len(result.failures) + len(result.errors) + len(result.unexpectedSuccesses)
+    ran = result.testsRun - len(skipped)
+    lines = [f"{moduleName}: {result.testsRun} test(s): {ran - bad} passed, {bad} failed or errored, "
+             f"{len(skipped)} skipped"]
+    lines += [f"  skipped {name}: {reason}" for name, reason in skipped]
+    passed = result.wasSuccessful() and result.testsRun > 0
+    if skipped and not allowSkips:
+        lines.append(f"FAILED: {len(skipped)} test(s) skipped and --no-skips was given")
+        passed = False
+    elif passed and ran == 0:
+        lines.append(f"{moduleName}: every test was skipped: nothing was verified")
+    return passed, lines
 
 
 def main(argv) -> int:
@@ -76,11 +97,11 @@ def main(argv) -> int:
             results[moduleName] = runModuleTests(moduleName, allowSkips=not args.no_skips)
         except Exception:  # noqa: BLE001 - report and go on with the next module
             traceback.print_exc()
-            results[moduleName] = False
+            results[moduleName] = (False, f"{moduleName}: unexpected error")
     print("\n===== Summary =====")
-    for moduleName, passed in results.items():
-        print(f"{moduleName}: {'passed' if passed else 'FAILED'}")
-    return 0 if results and all(results.values()) else 1
+    for moduleName, (passed, line) in results.items():
+        print(f"{'passed' if passed else 'FAILED'}: {line}")
+    return 0 if results and all(passed for passed, _ in results.values()) else 1
 
 
 # Slicer runs a --python-script file in its __main__ namespace; importing this file (name "run_slicer_selftests",

@@ -8,10 +8,12 @@ import builtins
 import dis
 import importlib
 import importlib.util
+import os
 import py_compile
 import re
 import sys
 import types
+import unittest
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -142,6 +144,21 @@ def test_lib_imports_neither_qt_nor_torch_nor_the_engine():
                     assert not any(node is n for n in tree.body), f"{path.name} imports qt at module level"
 
 
+# Engine modules imported into Slicer's process; tests/test_slicer_model_info.py checks they pull in no torch.
+TORCH_FREE_ENGINE_MODULES = {"hermesseg.model_header", "hermesseg.errors", "hermesseg.parent_watch"}
+
+
+def test_lib_imports_only_torch_free_engine_modules():
+    used = set()
+    for path in (SEG_DIR / "HermesSegmentationLib").glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if (isinstance(node, ast.Call) and getattr(node.func, "attr", getattr(node.func, "id", None))
+                    == "importEngineModule"):
+                assert isinstance(node.args[0], ast.Constant), f"{path.name}: importEngineModule needs a literal"
+                used.add(node.args[0].value)
+    assert used and used <= TORCH_FREE_ENGINE_MODULES, used
+
+
 # ---------------------------------------------------------------------------------------------- GUI import check
 class _Anything:
     """Stands for any Qt/CTK object at import time."""
@@ -206,8 +223,10 @@ def test_gui_files_import_with_stub_qt(stub_slicer_gui):
     for name in training.LIB_MODULES:
         importlib.import_module(name)
     assert "test_WidgetTeachesAStructure" in dir(training.HermesTrainingTest)
-    tests = [m for m in dir(seg.HermesSegmentationTest) if m.startswith("test_")]
-    assert {"test_WidgetSegmentsRealImage", "test_WidgetCancel", "test_LogicBlocking"} <= set(tests)
+    # unittest collects every method whose name starts with "test": helpers must not (testModelPath once was)
+    collected = unittest.TestLoader().getTestCaseNames(seg.HermesSegmentationTest)
+    assert sorted(collected) == ["test_LogicBlocking", "test_WidgetCancel", "test_WidgetSegmentsRealImage"]
+    assert all(n.startswith("test_") for n in unittest.TestLoader().getTestCaseNames(training.HermesTrainingTest))
 
 
 def _global_names(code) -> set[str]:
@@ -230,10 +249,66 @@ def test_every_global_name_used_in_module_code_exists(stub_slicer_gui):
         assert not unknown, f"{name}: undefined global names {sorted(unknown)}"
 
 
-def test_selftest_runner_parses_its_arguments():
+def _selftest_runner():
     spec = importlib.util.spec_from_file_location("run_slicer_selftests", REPO / "Testing" / "run_slicer_selftests.py")
     runner = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(runner)  # under this name the script does not run the tests
+    return runner
+
+
+def test_every_lib_attribute_the_widget_uses_exists(stub_slicer_gui):
+    """``hermesModels.X``, ``hermesDependencies.X``, ``task_selection.X`` in the widget: X must exist (a typo would
+    surface only in the real application, e.g. in the install path that no headless test drives)."""
+    seg = importlib.import_module("HermesSegmentation")
+    tree = ast.parse(WIDGET_FILE.read_text(encoding="utf-8"))
+    used = {(n.value.id, n.attr) for n in ast.walk(tree) if isinstance(n, ast.Attribute)
+            and isinstance(n.value, ast.Name) and n.value.id in ("hermesModels", "hermesDependencies",
+                                                                  "task_selection")}
+    assert len(used) >= 10
+    missing = sorted(f"{m}.{a}" for m, a in used if not hasattr(getattr(seg, m), a))
+    assert not missing, missing
+
+
+def test_selftest_runner_parses_its_arguments():
+    runner = _selftest_runner()
     assert runner.MODULES == ("HermesSegmentation", "HermesTraining")
     args = runner.parseArguments(["--modules", "HermesTraining", "--no-skips", "--some-slicer-option"])
     assert args.modules == "HermesTraining" and args.no_skips
+
+
+class _Outcomes(unittest.TestCase):
+    """Real unittest outcomes for the runner's report (run by the runner's summary test below, not collected)."""
+
+    def test_passes(self):
+        self.assertEqual(1, 1)
+
+    def test_skips(self):
+        raise unittest.SkipTest("Python packages missing in Slicer: monai>=1.4,<1.7")
+
+    def test_fails(self):
+        self.assertEqual(1, 2)
+
+
+_Outcomes.__test__ = False  # pytest: not a test class of this file
+
+
+def _run(*names) -> unittest.TestResult:
+    suite = unittest.TestSuite(_Outcomes(name) for name in names)
+    return unittest.TextTestRunner(stream=open(os.devnull, "w"), verbosity=0).run(suite)
+
+
+def test_selftest_runner_reports_skips_with_their_reasons():
+    runner = _selftest_runner()
+    passed, lines = runner.summarize("M", _run("test_passes", "test_skips"), allowSkips=True)
+    assert passed
+    assert lines[0] == "M: 2 test(s): 1 passed, 0 failed or errored, 1 skipped"
+    assert lines[1] == "  skipped test_skips: Python packages missing in Slicer: monai>=1.4,<1.7"
+
+    passed, lines = runner.summarize("M", _run("test_passes", "test_skips"), allowSkips=False)
+    assert not passed and lines[-1] == "FAILED: 1 test(s) skipped and --no-skips was given"
+
+    passed, lines = runner.summarize("M", _run("test_skips"), allowSkips=True)
+    assert passed and lines[-1] == "M: every test was skipped: nothing was verified"
+
+    passed, lines = runner.summarize("M", _run("test_passes", "test_fails"), allowSkips=True)
+    assert not passed and lines[0] == "M: 2 test(s): 1 passed, 1 failed or errored, 0 skipped"

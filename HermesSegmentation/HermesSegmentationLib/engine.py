@@ -4,9 +4,10 @@ The engine (torch, MONAI, ...) never runs inside Slicer's process: every call go
 ``[python, "-m", "hermesseg.cli", SUBCOMMAND, ...]`` with Slicer's own interpreter (``PythonSlicer``), so GPU memory,
 crashes and long computations stay out of the application and cancelling is killing a process tree.
 
-This module imports neither torch nor ``hermesseg`` (importing ``hermesseg`` would import torch): it only *locates*
-the package folder, with ``importlib.util.find_spec`` or by looking next to the module files, and puts that folder
-first on the child's ``PYTHONPATH``.
+This module imports neither torch nor the engine's computing parts: it *locates* the package folder, with
+``importlib.util.find_spec`` or by looking next to the module files, and puts that folder first on the child's
+``PYTHONPATH``. The few torch-free engine modules (the model file header reader) are imported in Slicer's process
+with :func:`importEngineModule`.
 
 Where ``hermesseg`` is found, in this order:
 
@@ -30,6 +31,7 @@ PACKAGE = "hermesseg"
 CLI_MODULE = "hermesseg.cli"
 ENGINE_PATH_ENV = "HERMESSEG_ENGINE_PATH"
 PYTHON_ENV = "HERMESSEG_PYTHON"
+PARENT_PID_ENV = "HERMESSEG_PARENT_PID"  # hermesseg.parent_watch: the engine stops when this process dies
 
 _LIB_DIR = Path(__file__).resolve().parent  # .../HermesSegmentationLib
 _MODULE_DIR = _LIB_DIR.parent                # .../HermesSegmentation (source) or qt-scripted-modules (installed)
@@ -92,7 +94,8 @@ def baseEnvironment() -> dict[str, str]:
 
 
 def engineEnvironment(extra: dict[str, str] | None = None) -> dict[str, str]:
-    """Environment for the child: the engine folder first on ``PYTHONPATH``, unbuffered UTF-8 output."""
+    """Environment for the child: the engine folder first on ``PYTHONPATH``, unbuffered UTF-8 output, and this
+    process's id, so that the engine stops if Slicer dies during a run."""
     env = baseEnvironment()
     folder = enginePackageFolder()
     if folder is not None:
@@ -100,6 +103,7 @@ def engineEnvironment(extra: dict[str, str] | None = None) -> dict[str, str]:
         env["PYTHONPATH"] = os.pathsep.join(parts)
     env["PYTHONUNBUFFERED"] = "1"
     env["PYTHONIOENCODING"] = "utf-8"
+    env[PARENT_PID_ENV] = str(os.getpid())
     if extra:
         env.update(extra)
     return env
@@ -118,6 +122,18 @@ def requireEngine() -> Path:
             "The Hermes engine (Python package 'hermesseg') was not found. Reinstall the HermesExtension, or set "
             f"{ENGINE_PATH_ENV} to the folder that contains the 'hermesseg' package.")
     return folder
+
+
+def importEngineModule(name: str):
+    """Import a torch-free module of the engine (e.g. ``hermesseg.model_header``) into this process.
+
+    Only modules that import neither torch nor MONAI may be imported this way (tests check that
+    ``hermesseg.model_header`` pulls in no torch); everything else runs in a child process. The engine folder is
+    put on ``sys.path`` when it is not there (modules used from a source checkout)."""
+    folder = str(requireEngine())
+    if folder not in sys.path:
+        sys.path.append(folder)
+    return importlib.import_module(name)
 
 
 class EngineNotFoundError(RuntimeError):

@@ -28,7 +28,7 @@ from typing import Callable
 import slicer
 
 from . import engine
-from .models import ModelCatalog, errorFromOutput, importOfficialCommand, importedModelPath, infoCommand
+from .models import ModelCatalog, errorFromOutput, importOfficialCommand, importedModelPath
 from .process import BackgroundProcess, ProcessState
 from .progress import ProgressParser
 from .segmentation_import import SegmentationImportError, importSegmentation
@@ -270,7 +270,8 @@ class HermesSegmentationLogic(_Base):
         return self.catalog.cachedInfo(modelPath) if modelPath else None
 
     def modelInfo(self, modelPath: str | Path) -> dict:
-        """``hermesseg info --json`` of a model (blocking, cached); raises ModelInfoError."""
+        """What the model holds (the keys of ``hermesseg info --json``), read from its header without torch (cached);
+        raises ModelInfoError."""
         return self.catalog.info(modelPath)
 
     # ------------------------------------------------------------------ segmentation
@@ -350,35 +351,6 @@ class HermesSegmentationLogic(_Base):
             self.job.cancel()
 
     # ------------------------------------------------------------------ model manager
-    def requestModelInfo(self, modelPath: str | Path, onFinished: Callable[[dict | None, str | None], None],
-                         waitForCompletion: bool = False) -> BackgroundProcess | None:
-        """Fetch a model's description in the background: ``onFinished(info, None)`` or ``(None, error)``."""
-        cached = self.catalog.cachedInfo(modelPath)
-        if cached is not None:
-            onFinished(cached, None)
-            return None
-        lines: list[str] = []
-
-        def finished(process: BackgroundProcess) -> None:
-            text = "\n".join(lines)
-            if process.state == ProcessState.CANCELLED:
-                onFinished(None, "cancelled")
-            elif process.returnCode != 0:
-                onFinished(None, errorFromOutput(text, process.returnCode))
-            else:
-                try:
-                    onFinished(self.catalog.storeInfoOutput(modelPath, text), None)
-                except Exception as e:  # noqa: BLE001
-                    onFinished(None, str(e))
-
-        engine.requireEngine()
-        process = BackgroundProcess(infoCommand(modelPath, python=self.python()), env=engine.engineEnvironment(),
-                                    onOutputLine=lines.append, onFinished=finished)
-        process.start(useTimer=False if waitForCompletion else None)
-        if waitForCompletion:
-            process.wait()
-        return process
-
     def importOfficialCheckpoint(self, checkpoint: str | Path, output: str | Path | None = None,
                                  onLog: Callable[[str], None] | None = None,
                                  onFinished: Callable[[Path | None, str | None], None] | None = None,

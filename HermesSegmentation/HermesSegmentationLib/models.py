@@ -6,15 +6,14 @@
   with the model manager, models trained by HermesTraining, files the user copies there;
 - any other file the user picks.
 
-What a model holds (tasks grouped by dataset, modalities, colours, terminology, model card) comes from
-``hermesseg info MODEL --json`` run in a child process, cached per file (path, size, modification time).
+What a model holds (tasks grouped by dataset, modalities, colours, terminology, model card) is read from the file's
+header in Slicer's process by the engine's torch-free reader (:func:`readModelInfo`), so a model is described even
+before torch is installed.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -76,10 +75,6 @@ def listModels(extraFolders: list[Path] | None = None) -> list[ModelEntry]:
     return entries
 
 
-def infoCommand(modelPath: str | Path, python: str | None = None) -> list[str]:
-    return engine.engineCommand("info", str(modelPath), "--json", python=python)
-
-
 def importOfficialCommand(checkpoint: str | Path, output: str | Path, name: str | None = None,
                           python: str | None = None) -> list[str]:
     args = [str(checkpoint), "-o", str(output)]
@@ -93,18 +88,18 @@ def importedModelPath(checkpoint: str | Path, folder: Path | None = None) -> Pat
     return (folder or userModelsFolder()) / (Path(checkpoint).stem + MODEL_SUFFIX)
 
 
-def parseInfoOutput(text: str) -> dict:
-    """The JSON object printed by ``hermesseg info --json`` (tolerates log lines before it)."""
-    start = text.find("{")
-    if start < 0:
-        raise ModelInfoError("the engine printed no model description")
+def readModelInfo(path: str | Path) -> dict:
+    """What a model file holds, with the same keys as ``hermesseg info --json``, read in this process without torch.
+
+    The engine's own reader does it (``hermesseg.model_header``: the safetensors header and the manifest, validated
+    as the engine validates them), so Slicer and the engine never disagree about a model. Raises ModelInfoError with
+    the engine's one-line message for a missing, truncated or hostile file."""
+    header = engine.importEngineModule("hermesseg.model_header")
+    errors = engine.importEngineModule("hermesseg.errors")
     try:
-        info = json.loads(text[start:])
-    except ValueError as e:
-        raise ModelInfoError(f"unreadable model description: {e}") from None
-    if not isinstance(info, dict) or not isinstance(info.get("tasks"), list):
-        raise ModelInfoError("the model description has no task table")
-    return info
+        return header.model_summary(path)
+    except errors.HermesError as e:
+        raise ModelInfoError(str(e)) from None
 
 
 def errorFromOutput(text: str, returnCode: int) -> str:
@@ -117,8 +112,7 @@ def errorFromOutput(text: str, returnCode: int) -> str:
 
 
 class ModelCatalog:
-    """Cached ``hermesseg info`` results. ``info`` runs the engine synchronously (about 2 s); the widget runs
-    :func:`infoCommand` in a ``BackgroundProcess`` and hands the output to :meth:`storeInfoOutput` instead."""
+    """Model descriptions cached per file (path, size, modification time): reading one is a header read (ms)."""
 
     def __init__(self):
         self._cache: dict[tuple[str, int, int], dict] = {}
@@ -135,24 +129,16 @@ class ModelCatalog:
         except OSError:
             return None
 
-    def storeInfoOutput(self, path: str | Path, output: str) -> dict:
-        info = parseInfoOutput(output)
-        self._cache[self._key(path)] = info
-        return info
-
-    def info(self, path: str | Path, timeout: float = 120) -> dict:
+    def info(self, path: str | Path) -> dict:
         cached = self.cachedInfo(path)
         if cached is not None:
             return cached
-        if not Path(path).is_file():
-            raise ModelInfoError(f"model file not found: {path}")
-        engine.requireEngine()
-        kwargs = {"creationflags": 0x08000000} if os.name == "nt" else {}
-        result = subprocess.run(infoCommand(path), env=engine.engineEnvironment(), capture_output=True, text=True,
-                                encoding="utf-8", errors="replace", timeout=timeout, **kwargs)
-        if result.returncode != 0:
-            raise ModelInfoError(errorFromOutput(result.stderr + "\n" + result.stdout, result.returncode))
-        return self.storeInfoOutput(path, result.stdout)
+        info = readModelInfo(path)
+        try:
+            self._cache[self._key(path)] = info
+        except OSError:  # removed meanwhile: nothing to cache
+            pass
+        return info
 
 
 def tasksByGroup(info: dict, modality: str | None = None) -> dict[str, list[dict]]:

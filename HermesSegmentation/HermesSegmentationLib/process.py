@@ -52,31 +52,11 @@ def _qtTimerAvailable() -> bool:
 
 
 def pidAlive(pid: int) -> bool:
-    """Whether a process with this id exists (and is not a zombie, where psutil can tell)."""
-    try:
-        import psutil
-    except ImportError:
-        psutil = None
-    if psutil is not None:
-        try:
-            return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-        except psutil.NoSuchProcess:
-            return False
-    if os.name == "posix":
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        try:  # Linux: a killed process whose parent has not reaped it yet is a zombie, i.e. gone
-            with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
-                return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-        except (OSError, IndexError):
-            return True
-    out = subprocess.run(["tasklist", "/FI", f"PID eq {pid}", "/NH"], capture_output=True, text=True,
-                         creationflags=_CREATE_NO_WINDOW)
-    return str(pid) in out.stdout
+    """Whether a process with this id exists and has not exited (a zombie counts as exited): the engine's own
+    check (``hermesseg.parent_watch.process_alive``, torch-free), with which the engine watches Slicer."""
+    from .engine import importEngineModule
+
+    return importEngineModule("hermesseg.parent_watch").process_alive(pid)
 
 
 def killProcessTree(process: subprocess.Popen, gracePeriod: float = 3.0) -> None:
