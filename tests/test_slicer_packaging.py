@@ -187,6 +187,17 @@ def test_s4ext_json_and_cmake_metadata_agree():
     assert all(url.startswith(raw) for url in screenshots)
 
 
+def test_screenshots_exist_and_the_readme_shows_them():
+    """The catalogue links raw URLs of files in this repository: each must exist (a PNG) and README shows it."""
+    raw = REPO_URL.replace("https://github.com/", "https://raw.githubusercontent.com/") + "/main/"
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    for url in cmake_value(top(), "EXTENSION_SCREENSHOTURLS").split():
+        name = url.removeprefix(raw)
+        with Image.open(REPO / name) as image:
+            assert image.format == "PNG" and image.size[0] >= 800
+        assert f"]({name})" in readme, f"README does not show {name}"
+
+
 def test_extension_icon_is_a_128_pixel_png():
     with Image.open(REPO / "HermesExtension.png") as image:
         assert image.format == "PNG" and image.size == (128, 128)
