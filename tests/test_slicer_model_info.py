@@ -156,10 +156,16 @@ def _set_first_task_name(value):
     (lambda p: header_file(p, b'{"w": {"dtype": "F32", "shape": [-1], "data_offsets": [0, 0]}}'),
      "tensor 'w' has an invalid shape"),
     (lambda p: header_file(p, b'{"__metadata__": {"hermes_manifest": "{not json"}}'), "manifest is not valid JSON"),
-    (lambda p: manifest_file(p, _set_first_task_name(["a", "list"])), "malformed entry"),
-    (lambda p: manifest_file(p, _set_first_task_name({"nested": "object"})), "malformed entry"),
+    (lambda p: manifest_file(p, _set_first_task_name(["a", "list"])), "is not a valid name (it is a list"),
+    (lambda p: manifest_file(p, _set_first_task_name({"nested": "object"})), "is not a valid name (it is a dict"),
     (lambda p: manifest_file(p, lambda m: m.update(tasks="not a list")), "malformed entry"),
     (lambda p: manifest_file(p, lambda m: m["tasks"].append(dict(m["tasks"][0]))), "is used twice"),
+    # names that would reach a path or forge a line in Slicer (issue 8's name rule, applied by the same reader)
+    (lambda p: manifest_file(p, _set_first_task_name("../../escape")), "'../../escape' is not a valid name"),
+    (lambda p: manifest_file(p, _set_first_task_name("liver\nERROR forged log line")), "(it contains '\\n', ' ')"),
+    (lambda p: manifest_file(p, lambda m: m["tasks"][0].update(group="a/b")), "group 'a/b' is not a valid name"),
+    (lambda p: manifest_file(p, lambda m: m.update(card={"notes": "spoof\u202eevil"})),
+     "card.notes 'spoof\\u202eevil' contains the character"),
 ])
 def test_hostile_files_give_one_clean_error(tmp_path, make, message):
     path = make(tmp_path / "hostile.safetensors")
