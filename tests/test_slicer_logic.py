@@ -174,7 +174,7 @@ def test_segment_imports_named_coloured_segments_on_the_volume_geometry(model, i
     # subject hierarchy: next to the volume, under its study
     assert sh.GetItemParent(sh.GetItemByDataNode(seg)) == study
     # the segments hold voxels (an import that silently drops the masks would pass every check above)
-    voxels = {name: segment_voxels(seg, segmentation.GetSegmentIdBySegmentName(name), volume) for name in CT_TASKS}
+    voxels = {name: segment_voxels(seg, name, volume) for name in CT_TASKS}
     print(f"imported voxels: {voxels} of {volume.GetImageData().GetNumberOfPoints()}")
     assert voxels["lits_liver"] > 0, voxels
 
@@ -346,7 +346,7 @@ def test_default_model_liver_in_the_scene_matches_the_reference():
     job = HermesSegmentationLogic(scene).segment(volume, "MR", [MR_LIVER_TASK], modelPath=model, device="cpu",
                                                  waitForCompletion=True)
     seg = job.segmentationNode
-    segment_id = seg.GetSegmentation().GetSegmentIdBySegmentName(MR_LIVER_TASK)
+    segment_id = MR_LIVER_TASK  # segment id = task name
     ids = vtk.vtkStringArray()
     ids.InsertNextValue(segment_id)
     exported = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "exported")
