@@ -25,7 +25,9 @@ sys.path.insert(0, str(REPO / "HermesSegmentation"))
 from HermesSegmentationLib import models  # noqa: E402
 
 DEFAULT_MODEL = REPO / "Resources" / "Models" / "hermes-mini.safetensors"
-HEAVY = ("torch", "monai", "safetensors", "SimpleITK", "numpy")
+# Never in Slicer's process before the user agrees to install them (numpy and SimpleITK ship with Slicer; the
+# manifest's preprocessing check uses them).
+HEAVY = ("torch", "monai", "safetensors")
 
 
 def engine_info(path: Path) -> dict:
