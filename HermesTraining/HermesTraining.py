@@ -474,8 +474,9 @@ class HermesTrainingTest(ScriptedLoadableModuleTest):
 
         if hermesModels.defaultModelPath() is None:
             raise unittest.SkipTest("no default model installed")
-        if not hermesDependencies.torchInstalled():
-            raise unittest.SkipTest("torch is not installed in Slicer (PyTorch extension)")
+        if not hermesDependencies.torchSatisfied():
+            raise unittest.SkipTest(f"{hermesDependencies.torchRequirement()} is not installed in Slicer (PyTorch "
+                                    "extension)")
         volume = SampleData.downloadSample("MRHead")
         array = slicer.util.arrayFromVolume(volume)
         mask = (array > np.percentile(array, 60)).astype(np.uint8)
