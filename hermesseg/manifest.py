@@ -28,7 +28,7 @@ from typing import Any
 from .errors import ModelFileError
 from .names import check_name, check_text, shown
 from .network.config import HermesRConfig, patch_size_problem  # not .network: that would import torch
-from .preprocessing import Preprocessing
+from .preprocessing_config import Preprocessing  # not .preprocessing: that imports torch
 
 FORMAT_NAME = "hermes-model"
 FORMAT_VERSION = 1

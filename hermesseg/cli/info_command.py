@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from ..default_model import require_model_path
 from ..model_header import model_summary
