@@ -91,7 +91,10 @@ def test_read_without_torch_equals_the_engines_info_for_every_kind_of_model(offi
     infos, loaded = info_without_torch(paths)
     assert loaded == []
     for path, info in zip(paths, infos):
-        assert info == engine_info(path), path.name
+        engine = engine_info(path)
+        # the one key only the engine gives: it hashes the weights' bytes (task-pack compatibility), not the header
+        assert len(engine.pop("compatibility_fingerprint")) == 64
+        assert info == engine, path.name
     default, official, trained = infos
     assert default["name"] == "hermes-mini" and len(default["tasks"]) == 113
     assert default["num_parameters"] == 3_852_916  # the model card's count
