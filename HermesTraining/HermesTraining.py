@@ -511,7 +511,6 @@ class HermesTrainingTest(ScriptedLoadableModuleTest):
         widget.ui.segmentVolumeSelector.setCurrentNode(volume)
         widget.ui.segmentWithNewModelButton.click()
         self.waitFor(lambda: widget._segmentJob is None, 900, "segmentation with the new model")
-        node = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLSegmentationNode")
         nodes = slicer.util.getNodesByClass("vtkMRMLSegmentationNode")
         result = [n for n in nodes if n is not segmentation]
         self.assertEqual(len(result), 1, widget.ui.statusLabel.text)
