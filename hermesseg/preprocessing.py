@@ -152,6 +152,12 @@ class InputGridSampler:
         self._a = np.diag(1.0 / np.array(model_grid.GetSpacing())) @ direction @ np.diag(input_image.GetSpacing())
         self._b = (np.array(input_image.GetOrigin()) - np.array(model_grid.GetOrigin())) / np.array(
             model_grid.GetSpacing())
+        self._axis_of = _axis_permutation(self._a)
+
+    @property
+    def separable(self) -> bool:
+        """True when each input axis runs along one model axis: sampling is then three 1-D interpolations."""
+        return self._axis_of is not None
 
     def input_box(self, model_box: Box) -> Box | None:
         """The box of input voxels (z, y, x slices) around the hull of ``model_box``'s voxel centres (up to the edge
@@ -192,6 +198,8 @@ class InputGridSampler:
         scale = torch.tensor(2.0 / np.maximum(size - 1, 1), dtype=torch.float32, device=device)
         lo = torch.tensor(-1.5 - offset, dtype=torch.float32, device=device)  # the padded grid's buffer, in crop index
         hi = torch.tensor(full + 0.5 - offset, dtype=torch.float32, device=device)
+        if self._axis_of is not None:
+            return self._sample_separable(crop, offset, full, input_box)
         ks, js, is_ = (torch.arange(s.start, s.stop, device=device, dtype=torch.float32) for s in input_box)
         ny, nx = js.numel(), is_.numel()
         out = torch.empty((ks.numel(), ny, nx), dtype=torch.float32, device=device)
@@ -205,6 +213,43 @@ class InputGridSampler:
                                    align_corners=True)
             out[z0:z0 + step] = values[0, 0] * inside
         return out
+
+
+    def _sample_separable(self, crop: torch.Tensor, offset: np.ndarray, full: np.ndarray,
+                          input_box: Box) -> torch.Tensor:
+        """The same values for an input whose axes each run along one model axis (no obliquity): trilinear
+        interpolation is then three 1-D linear interpolations, one per axis, each a small matrix product (two
+        non-zero weights per row), which the CPU's BLAS runs several times faster than ``grid_sample``."""
+        out = crop
+        for m in range(3):  # model axis x, y, z = crop dim 2, 1, 0
+            n = self._axis_of[m]  # the input axis (i, j, k = 0, 1, 2) that runs along model axis m
+            steps = input_box[2 - n]
+            t = torch.arange(steps.start, steps.stop, device=crop.device, dtype=torch.float64)
+            c = t * float(self._a[m, n]) + float(self._b[m] - offset[m])  # crop continuous index on axis m
+            size = crop.shape[2 - m]
+            inside = ((c >= -1.5 - offset[m]) & (c < full[m] + 0.5 - offset[m])).to(crop.dtype)
+            c = c.clamp(0, size - 1)
+            i0 = c.floor().long().clamp(max=max(size - 2, 0))
+            i1 = (i0 + 1).clamp(max=size - 1)
+            w = (c - i0).to(crop.dtype)
+            weights = torch.zeros((t.numel(), size), dtype=crop.dtype, device=crop.device)
+            rows = torch.arange(t.numel(), device=crop.device)
+            weights.index_put_((rows, i0), (1 - w) * inside, accumulate=True)
+            weights.index_put_((rows, i1), w * inside, accumulate=True)
+            dim = 2 - m
+            out = torch.movedim(torch.movedim(out, dim, -1) @ weights.T, -1, dim)
+        # dims are now (model z, model y, model x) holding input axes axis_of[2], axis_of[1], axis_of[0]
+        order = [2 - self._axis_of[2 - d] for d in range(3)]  # where each model dim goes in (k, j, i)
+        return out.permute(*np.argsort(order).tolist()).contiguous()
+
+
+def _axis_permutation(a: np.ndarray) -> list[int] | None:
+    """For a model-index-from-input-index matrix with one non-zero entry per row and column (axis-aligned input,
+    possibly permuted or flipped): the input axis of each model axis; None for an oblique input."""
+    big = np.abs(a) > 1e-9 * np.abs(a).max()
+    if not (big.sum(axis=0) == 1).all() or not (big.sum(axis=1) == 1).all():
+        return None
+    return [int(np.flatnonzero(row)[0]) for row in big]
 
 
 def _corner_box(image: sitk.Image) -> tuple[np.ndarray, np.ndarray]:

@@ -48,9 +48,17 @@ def test_boxed_masks_equal_whole_volume_masks(name):
     assert not results[3].found and not whole[3].any()
 
 
-def test_whole_volume_sampling_matches_simpleitk_linear_resampling():
-    """The torch sampler reproduces ITK: linear, edge extended by one model voxel (oblique input)."""
-    image = read_image(require(IMAGES["s0002"]))
+def _permuted_flipped(image):
+    return sitk.Flip(sitk.PermuteAxes(image, [2, 0, 1]), [True, False, True])
+
+
+@pytest.mark.parametrize("name, variant, separable", [("s0002", None, False), ("lung1", None, True),
+                                                      ("lung1", _permuted_flipped, True)])
+def test_whole_volume_sampling_matches_simpleitk_linear_resampling(name, variant, separable):
+    """The torch sampler reproduces ITK: linear, edge extended by one model voxel, for an oblique input (grid_sample)
+    and for axis-aligned ones, stored as they come or permuted and flipped (three 1-D interpolations)."""
+    image = read_image(require(IMAGES[name]))
+    image = variant(image) if variant else image
     grid = to_model_grid(image, (3.0, 3.0, 3.0))
     channel = np.random.default_rng(0).random(tuple(reversed(grid.GetSize()))).astype(np.float32)
     on_model = sitk.GetImageFromArray(channel)
@@ -58,5 +66,8 @@ def test_whole_volume_sampling_matches_simpleitk_linear_resampling():
     padded = sitk.ZeroFluxNeumannPad(on_model, [1, 1, 1], [1, 1, 1])
     expected = sitk.GetArrayFromImage(sitk.Resample(padded, image, sitk.Transform(), sitk.sitkLinear, 0.0,
                                                     sitk.sitkFloat32))
-    got = InputGridSampler(grid, image).sample(torch.from_numpy(channel)).numpy()
+    sampler = InputGridSampler(grid, image)
+    assert sampler.separable == separable
+    got = sampler.sample(torch.from_numpy(channel)).numpy()
+    assert got.shape == expected.shape
     assert np.abs(got - expected).max() < 1e-4
