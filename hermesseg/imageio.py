@@ -33,7 +33,7 @@ DETACHED_HEADER_SUFFIXES = (".mhd", ".nhdr")
 _TAG_MODALITY = "0008|0060"
 _TAG_SERIES_DESCRIPTION = "0008|103e"
 # MR acquisition attributes (DICOM PS3.3 C.8.3.1) kept for telling MR sequences apart.
-MR_TAGS = {"0018|0020": "ScanningSequence", "0018|0021": "SequenceVariant", "0018|0024": "SequenceName",
+MR_TAGS = {"0018|1030": "ProtocolName", "0018|0020": "ScanningSequence", "0018|0021": "SequenceVariant", "0018|0024": "SequenceName",
            "0018|0080": "RepetitionTime", "0018|0081": "EchoTime", "0018|0082": "InversionTime",
            "0018|1314": "FlipAngle", "0018|0010": "ContrastBolusAgent"}
 
@@ -93,21 +93,6 @@ def input_stem(path: str | os.PathLike) -> str:
         if name.lower().endswith(suffix) and len(name) > len(suffix):
             return name[: -len(suffix)]
     return name
-
-
-def dicom_modality(path: str | os.PathLike) -> str | None:
-    """The DICOM Modality (0008|0060: "CT", "MR", "PT"...) of a DICOM series folder, or None for anything else
-    (used by the modality guess, which reads the header before the voxels; ``read_input`` gives it with the image)."""
-    path = Path(path)
-    if not path.is_dir():
-        return None
-    series = _dicom_series(path)
-    if not series:
-        return None
-    if len(series) > 1:
-        raise InputImageError(_several_series_message(path, series))
-    value = _dicom_tag(next(iter(series.values()))[0], _TAG_MODALITY)
-    return value or None
 
 
 def write_image_atomic(image: sitk.Image, path: str | os.PathLike) -> None:

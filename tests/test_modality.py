@@ -11,7 +11,7 @@ import SimpleITK as sitk
 from hermesseg import load_model
 from hermesseg.cli import main
 from hermesseg.default_model import default_model_path
-from hermesseg.imageio import read_image
+from hermesseg.imageio import read_image, read_input
 from hermesseg.inference.modality_guess import detect_modality, modality_head_guess, mr_sequence
 from hermesseg.samples import SampleError, fetch_sample
 from paths import DATA, require
@@ -58,19 +58,25 @@ def test_mr_sequence_from_dicom_attributes():
     assert mr_sequence({"description": "localizer"}) is None
 
 
+def _detect_dicom(model, folder):
+    """The guess from what one read of the series gives (voxels and header), as segment makes it."""
+    loaded = read_input(folder)
+    return detect_modality(model, loaded.image, folder, loaded.info)
+
+
 def test_dicom_modality_and_sequence_decide(model, tmp_path):
     ct = write_dicom_series(read_image(require(CT)), tmp_path / "ct", {"0008|0060": "CT"})
-    guess = detect_modality(model, read_image(ct), ct)
+    guess = _detect_dicom(model, ct)
     assert (guess.modality, guess.confidence) == ("CT", 0.99) and "DICOM Modality CT" in guess.evidence
     colin = read_image(require(MR_T1))[:, :, 60:70]
     t1 = write_dicom_series(colin, tmp_path / "t1", {"0008|0060": "MR", "0008|103e": "T1 MPRAGE"})
-    guess = detect_modality(model, read_image(t1), t1)
+    guess = _detect_dicom(model, t1)
     assert guess.modality == "MR-T1" and "sequence T1" in guess.evidence
     t1c = write_dicom_series(colin, tmp_path / "t1c", {"0008|0060": "MR", "0008|103e": "AX T1 POST GAD"})
-    assert detect_modality(model, read_image(t1c), t1c).modality == "MR-T1c"
+    assert _detect_dicom(model, t1c).modality == "MR-T1c"
     # MR without sequence attributes: still ambiguous between the model's MR modalities.
     plain = write_dicom_series(colin, tmp_path / "plain", {"0008|0060": "MR"})
-    guess = detect_modality(model, read_image(plain), plain)
+    guess = _detect_dicom(model, plain)
     assert guess.modality is None and guess.remaining == ["MR", "MR-T1", "MR-T1c"]
 
 

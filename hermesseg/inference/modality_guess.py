@@ -26,7 +26,7 @@ import SimpleITK as sitk
 import torch
 
 from ..errors import QueryError
-from ..imageio import dicom_modality
+from ..imageio import ImageInfo
 from ..network import NULL_TASK
 from ..preprocessing import Preprocessing, normalize_intensity, to_model_grid
 
@@ -35,9 +35,9 @@ log = logging.getLogger(__name__)
 # CT is in Hounsfield units: air near -1000. A sizeable share of voxels below -500 means CT.
 _AIR_HU = -500.0
 _MIN_AIR_FRACTION = 0.05
-_DICOM_TAGS = {"modality": "0008|0060", "description": "0008|103e", "protocol": "0018|1030",
-               "scanning_sequence": "0018|0020", "sequence_name": "0018|0024", "tr": "0018|0080", "te": "0018|0081",
-               "ti": "0018|0082", "contrast": "0018|0010"}
+# ImageInfo.mr_attributes names -> the keys mr_sequence reads
+_MR_KEYS = {"ProtocolName": "protocol", "ScanningSequence": "scanning_sequence", "SequenceName": "sequence_name",
+            "RepetitionTime": "tr", "EchoTime": "te", "InversionTime": "ti", "ContrastBolusAgent": "contrast"}
 
 
 @dataclass
@@ -59,9 +59,9 @@ def looks_like_ct(image: sitk.Image) -> bool:
     return float(np.mean(sample < _AIR_HU)) > _MIN_AIR_FRACTION
 
 
-def guess_modality(model, image: sitk.Image, path: str | Path | None = None) -> str:
+def guess_modality(model, image: sitk.Image, path: str | Path | None = None, info: ImageInfo | None = None) -> str:
     """The model modality to use for ``image``; a QueryError naming the remaining choices when it is ambiguous."""
-    guess = detect_modality(model, image, path)
+    guess = detect_modality(model, image, path, info)
     if guess.modality is None:
         raise QueryError(f"cannot tell the modality of this image: {guess.evidence}; still possible: "
                          f"{', '.join(guess.remaining)}; choose one with --modality")
@@ -72,8 +72,10 @@ def guess_modality(model, image: sitk.Image, path: str | Path | None = None) -> 
     return guess.modality
 
 
-def detect_modality(model, image: sitk.Image, path: str | Path | None = None) -> ModalityGuess:
-    """Steps 1-4 of the module docstring on ``model`` (a HermesModel; its network runs for step 3)."""
+def detect_modality(model, image: sitk.Image, path: str | Path | None = None,
+                    info: ImageInfo | None = None) -> ModalityGuess:
+    """Steps 1-4 of the module docstring on ``model`` (a HermesModel; its network runs for step 3). ``path`` is
+    the file (for the sample catalogue); ``info`` what ``read_input`` found in its header (for the DICOM step)."""
     manifest = model.manifest
     names = [m.name for m in manifest.modalities]
     if len(names) == 1:
@@ -83,7 +85,7 @@ def detect_modality(model, image: sitk.Image, path: str | Path | None = None) ->
         entry, modality = sample
         if modality in names:
             return ModalityGuess(modality, 1.0, f"sample catalogue: {entry}")
-    attributes = dicom_attributes(path) if path is not None else {}
+    attributes = dicom_attributes(info) if info is not None else {}
     candidates = list(names)
     evidence = "no DICOM attributes"
     if attributes.get("modality"):
@@ -123,16 +125,13 @@ def sample_modality(path: str | Path) -> tuple[str, str] | None:
     return None
 
 
-def dicom_attributes(path: str | Path) -> dict[str, str]:
-    """Modality and MR sequence attributes of a DICOM series folder's first file; {} for anything else."""
-    modality = dicom_modality(path)  # also refuses a folder with several series
-    if not modality:
+def dicom_attributes(info: ImageInfo) -> dict[str, str]:
+    """Modality and MR sequence attributes of a DICOM series as ``mr_sequence`` reads them; {} for other files."""
+    if not info.dicom_modality:
         return {}
-    files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(path))
-    reader = sitk.ImageFileReader()
-    reader.SetFileName(files[0])
-    reader.ReadImageInformation()
-    return {key: reader.GetMetaData(tag).strip() for key, tag in _DICOM_TAGS.items() if reader.HasMetaDataKey(tag)}
+    attributes = {"modality": info.dicom_modality, "description": info.series_description or ""}
+    attributes.update({_MR_KEYS[k]: v for k, v in info.mr_attributes.items() if k in _MR_KEYS})
+    return {k: v for k, v in attributes.items() if v}
 
 
 def mr_sequence(attributes: dict[str, str]) -> str | None:

@@ -49,7 +49,7 @@ def segment_inputs(model: HermesModel, request: SegmentRequest, progress: Progre
 
         report("load", 0.0, f"reading {path}")
         loaded = read_input(path)
-        modality = request.modality or guess_modality(model, loaded.image, path)
+        modality = request.modality or guess_modality(model, loaded.image, path, loaded.info)
         tasks = model.resolve_tasks(request.task_names, modality, force=request.force)
         prediction = predict(model, loaded.image, tasks, modality, request.options, report)
         record = _write(model, prediction, path, request, report, modality)
