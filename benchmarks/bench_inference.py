@@ -141,6 +141,7 @@ def deepbet_child(spec: dict) -> dict:
     from deepbet.bet import BrainExtraction
 
     start = time.perf_counter()
+    Path(spec["out"]).mkdir(parents=True, exist_ok=True)
     bet = BrainExtraction(no_gpu=spec["device"] == "cpu")
     load_seconds = time.perf_counter() - start
     load_before = os.getloadavg()[0]

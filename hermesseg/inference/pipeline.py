@@ -119,6 +119,7 @@ def predict(model: HermesModel, image: sitk.Image, tasks: list[TaskEntry], modal
         report("inference", PREP_END + (INFER_END - PREP_END) * done / total, f"window {min(done, total)}/{total}")
 
     device = model.device
+    report("inference", PREP_END, f"{total} window passes on {device}")
     plan = choose_execution(model.network, roi, device, options.batch_size, options.threads)
     with _threads(plan.threads):
         if options.share_encoder:

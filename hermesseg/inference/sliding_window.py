@@ -27,6 +27,20 @@ def count_windows(shape: tuple[int, ...], roi: tuple[int, ...], overlap: float) 
     return total
 
 
+# Decoding several queries as one batch multiplies the decoder's activations by their number. Measured on the CPU
+# with full-size Hermes-R (32 channels, 128^3 windows, 2 per pass): the three CT groups in one batch peaked at
+# 12.4 GB of host memory against 5.2 GB for the old one-group, one-window passes, for a 1.13x gain; the default model
+# (8 channels, 48^3) decodes every group of a window together (1.7 M elements per window and query). Full-resolution
+# activation elements (queries x windows x voxels x base channels) allowed in one decode:
+DECODE_ELEMENTS = 1 << 26
+
+
+def queries_per_decode(network: HermesR, windows: torch.Tensor, count: int) -> int:
+    """How many queries to decode in one batch for these windows (at least 1, at most ``count``)."""
+    per_query = windows.shape[0] * windows[0].numel() * network.config.base_channels
+    return max(1, min(count, DECODE_ELEMENTS // max(per_query, 1)))
+
+
 def window_predictor(network: HermesR, queries: Sequence[GroupQuery], modality_id: int, device: torch.device,
                      share_encoder: bool = True) -> Callable[[torch.Tensor], torch.Tensor]:
     """A function from windows (b, 1, *roi) to the sigmoid probabilities (b, C, *roi) of every query's selected
@@ -52,12 +66,17 @@ def window_predictor(network: HermesR, queries: Sequence[GroupQuery], modality_i
         if not share_encoder:
             return [network(windows, t.expand(b, -1), modality.expand(b))[0] for t in ids]
         shared = network.encode_shared(windows)
-        if together:
-            g = len(queries)
-            task_ids = padded.repeat_interleave(b, dim=0)  # query-major, matching SharedFeatures.repeat
+        if not together:
+            return [network.decode(shared, t.expand(b, -1), modality.expand(b))[0] for t in ids]
+        per_query: list[torch.Tensor] = []
+        step = queries_per_decode(network, windows, len(queries))
+        for first in range(0, len(queries), step):
+            chunk = padded[first:first + step]
+            g = chunk.shape[0]
+            task_ids = chunk.repeat_interleave(b, dim=0)  # query-major, matching SharedFeatures.repeat
             logits = network.decode(shared.repeat(g), task_ids, modality.expand(g * b))[0]
-            return list(logits.split(b, dim=0))
-        return [network.decode(shared, t.expand(b, -1), modality.expand(b))[0] for t in ids]
+            per_query.extend(logits.split(b, dim=0))
+        return per_query
 
     def predictor(windows: torch.Tensor) -> torch.Tensor:
         with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
