@@ -56,3 +56,16 @@ def evaluate_cases(network: torch.nn.Module, cases, task_ids_of, modality_of, pa
         per_case[f"{case.dataset}/{case.case}"] = scores
         values.extend(s for s in scores if s is not None)
     return {"mean_dice": float(np.mean(values)) if values else None, "cases": per_case}
+
+
+def mean_dice_per_task(network: torch.nn.Module, cases, query: Sequence[int], modality_id: int,
+                       names: Sequence[str], patch_size, device) -> dict[str, float | None]:
+    """Mean Dice of each queried task over ``cases`` (CachedCase whose label slots follow ``query``'s order; the
+    query may end with the null token), rounded to 4 decimals; None for a task empty and unpredicted everywhere."""
+    per_task: dict[str, list[float]] = {n: [] for n in names}
+    for case in cases:
+        probs = predict_volume(network, np.asarray(case.image), query, modality_id, patch_size, device)
+        for name, score in zip(names, dice_per_task(probs[:len(names)], np.asarray(case.label))):
+            if score is not None:
+                per_task[name].append(score)
+    return {n: (round(float(np.mean(v)), 4) if v else None) for n, v in per_task.items()}

@@ -1,0 +1,55 @@
+"""One training phase of add-task or finetune: the shared loop on a prepared network, bounded by steps and seconds.
+
+The caller prepares the network (``new_rows.network_with_new_rows``), says what trains (the loop's ``trainable``
+hook) and where the batches come from (sampler ``Source``s: the new tasks' cases, and for finetune the replay
+cases). A phase reports every step to the ``RunClock`` and stops early when its seconds are used up; it returns
+the EMA network (the weights a model file gets), the steps done and the last loss parts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+import time
+from typing import Sequence
+
+from ..network import HermesR
+from .config import resolve_config
+from .distributed import DistContext
+from .loop import Step, Trainable, prepare_optimisation, run_iterations
+from .run_clock import RunClock
+from .sampling import PatchSampler, Source
+
+
+@dataclass
+class PhaseResult:
+    network: HermesR  # the EMA weights
+    steps: int
+    last: dict  # the last step's loss parts
+
+
+def phase_config(settings: dict, seed: int, steps: int, patch_size) -> dict:
+    """The resolved training configuration of a phase: the method's ``settings`` with the run's seed and length."""
+    return resolve_config({**settings, "seed": int(seed), "iterations": int(steps), "patch_size": list(patch_size)})
+
+
+def train_phase(network: HermesR, trainable: Trainable, sources: Sequence[Source], cfg: dict, clock: RunClock,
+                stage: str, budget_s: float, ctx: DistContext) -> PhaseResult:
+    steps = int(cfg["iterations"])
+    opt = prepare_optimisation(network, cfg, trainable)
+    sampler = PatchSampler(sources, cfg["patch_size"], cfg["batch_size"], cfg["foreground_probability"],
+                           cfg["augmentation"], int(cfg["seed"]))
+    start, last = time.monotonic(), {}
+
+    def on_step(step: Step) -> bool:
+        nonlocal last
+        last = step.parts
+        clock.done += 1
+        elapsed = time.monotonic() - start
+        clock.step_s = elapsed / step.iteration
+        clock.event(stage, f"{stage}: step {step.iteration}/{steps}, loss {step.parts['loss']:.4f}",
+                    loss=round(step.parts["loss"], 5))
+        return elapsed + clock.step_s > budget_s
+
+    done = run_iterations(network, network, opt, sampler, cfg, ctx, 0, steps, lambda: False, on_step)
+    clock.planned -= steps - done
+    return PhaseResult(opt.ema.module, done, last)
