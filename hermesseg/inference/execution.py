@@ -4,8 +4,9 @@ On a CPU one window per pass is the slow choice: with batch 1, 39 of the default
 through ``aten::slow_conv3d_forward``; with two or more windows all of them use oneDNN (0.66 s against 0.195 s per
 48^3 window on two cores). Which batch and thread count is best depends on the machine and its load, so the first
 run on a device times a few short forwards of the real network and caches the winner under
-``cache_root("calibration")``. A network too slow to time in a few seconds gets the measured defaults below (also
-cached: calibration is never repeated for a device and model shape).
+``cache_root("calibration")``. A network too large to time in a few seconds on a CPU gets the measured defaults
+below without timing (also cached). That decision is taken from the network's size, not from a timing: a first run
+on a loaded machine would otherwise skip calibration and cache the defaults for good.
 """
 
 from __future__ import annotations
@@ -29,10 +30,11 @@ log = logging.getLogger(__name__)
 BATCHES = (1, 2, 4)
 # Measured defaults when calibration is skipped: batch >= 2 switches CPU convolutions to oneDNN.
 DEFAULT_BATCH = {"cpu": 2, "cuda": 4, "mps": 2}
-# Calibration estimated to take longer than this is skipped (full-size Hermes-R takes ~40 s per 128^3 window on
-# 2 cores; the default model ~0.2-0.7 s per 48^3 window).
-_MAX_CALIBRATION_SECONDS = 10.0
-CALIBRATION_VERSION = 1
+# On a CPU, calibration is skipped above this many full-resolution activation elements per window (window voxels x
+# base channels): full-size Hermes-R (128^3 x 32 = 67 M) takes about 10 s per window on 2 cores, the default model
+# (48^3 x 8 = 0.9 M) 0.2-0.7 s, so its 2 x 3 timed forwards take a few seconds.
+_MAX_CALIBRATION_ELEMENTS = 1 << 23
+CALIBRATION_VERSION = 2  # 1 skipped by a timing, which a loaded machine could make cache the defaults for good
 
 
 @dataclass(frozen=True)
@@ -61,16 +63,15 @@ def _seconds_per_window(network: HermesR, roi: tuple[int, ...], batch: int, devi
 
 
 def _calibrate(network: HermesR, roi: tuple[int, ...], device: torch.device) -> ExecutionPlan:
-    """Time each batch (and on the CPU each thread count) once after a warm-up. When that is estimated (from a
-    half-size window) to take over ``_MAX_CALIBRATION_SECONDS``, the defaults are used without timing."""
+    """Time each batch (and on the CPU each thread count) once after a warm-up; on a CPU, a network above
+    ``_MAX_CALIBRATION_ELEMENTS`` per window gets the defaults without timing."""
     cores = torch.get_num_threads()
+    default = ExecutionPlan(DEFAULT_BATCH.get(device.type, 2), cores, "default")
+    if device.type == "cpu" and math.prod(roi) * network.config.base_channels > _MAX_CALIBRATION_ELEMENTS:
+        return default
     small = tuple(min(r, max(32, r // 2)) for r in roi)  # >= 2 voxels at 1/16 for the instance norms
     _seconds_per_window(network, small, 1, device)  # warm-up: first-call set-up is not part of the timing
-    estimate = _seconds_per_window(network, small, 1, device) * math.prod(roi) / math.prod(small)
-    default = ExecutionPlan(DEFAULT_BATCH.get(device.type, 2), cores, "default")
     thread_options = sorted({1, cores}) if device.type == "cpu" else [cores]
-    if estimate * sum(BATCHES) * len(thread_options) > _MAX_CALIBRATION_SECONDS:
-        return default
     timings: dict[tuple[int, int], float] = {}
     try:
         for threads in thread_options:
