@@ -29,25 +29,23 @@ from slicer.ScriptedLoadableModule import (
 )
 from slicer.util import VTKObservationMixin
 
-from HermesSegmentationLib import dependencies as hermesDependencies
-from HermesSegmentationLib import models as hermesModels
-from HermesSegmentationLib import task_selection
-from HermesSegmentationLib.engine import EngineNotFoundError
+from HermesSegmentationLib import task_selection  # first: it makes HermesLib importable from a source checkout
+from HermesLib import dependencies as hermesDependencies
+from HermesLib import models as hermesModels
+from HermesLib import MODULES as SHARED_MODULES
+from HermesLib.engine import EngineNotFoundError
+from HermesLib.widget import JobWidgetMixin
 from HermesSegmentationLib.logic import HermesSegmentationError, HermesSegmentationLogic, JobState
 from HermesSegmentationLib.modality import suggestModality
 from HermesSegmentationLib.segmentation_import import segmentTag, terminologyEntryString
 
 # Lib modules in import order, for onReload (a module must come after the ones it imports).
 LIB_MODULES = (
-    "HermesSegmentationLib.engine",
-    "HermesSegmentationLib.progress",
-    "HermesSegmentationLib.process",
+    *SHARED_MODULES,
     "HermesSegmentationLib.volume_export",
     "HermesSegmentationLib.segmentation_import",
     "HermesSegmentationLib.modality",
-    "HermesSegmentationLib.models",
     "HermesSegmentationLib.task_selection",
-    "HermesSegmentationLib.dependencies",
     "HermesSegmentationLib.logic",
 )
 
@@ -121,7 +119,9 @@ class HermesSegmentationParameterNode:
 #
 
 
-class HermesSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+class HermesSegmentationWidget(JobWidgetMixin, ScriptedLoadableModuleWidget, VTKObservationMixin):
+    title = _("Hermes Segmentation")
+
     def __init__(self, parent=None) -> None:
         ScriptedLoadableModuleWidget.__init__(self, parent)
         VTKObservationMixin.__init__(self)
@@ -136,9 +136,6 @@ class HermesSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
         self._suggestedForVolumeID = None
         self._dependenciesReady = False
         self.showPopups = True  # self-tests set False: nothing may wait on a dialog
-
-    def popupsAllowed(self) -> bool:
-        return self.showPopups and not slicer.app.testingEnabled()
 
     # ------------------------------------------------------------------ setup
     def setup(self) -> None:
@@ -545,40 +542,6 @@ class HermesSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
         importing = self._importProcess is not None and not self._importProcess.finished
         self.ui.importCheckpointButton.enabled = not importing
 
-    def ensureDependencies(self) -> bool:
-        """torch (through PyTorchUtils) and the engine's packages, installed after one confirmation on first use.
-
-        Returns False, with the reason in the status line, when something is missing and the user declines, the
-        install fails, or dialogs are not allowed (self-tests, --testing: nothing is installed there). After any
-        install the model list and the selected model's description are read again."""
-        if self._dependenciesReady:
-            return True
-        requirements = self.resourcePath("requirements.txt")
-        missing = hermesDependencies.missingDependencies(requirements)
-        if missing and not self.popupsAllowed():
-            self.setStatus(_("Python packages missing in Slicer: {packages}.").format(packages=", ".join(missing)),
-                           error=True)
-            return False
-        if missing:
-            confirm = lambda message: slicer.util.confirmOkCancelDisplay(message, _("Hermes Segmentation"))  # noqa: E731
-            try:  # PyTorchUtils and pip_ensure show their own progress
-                hermesDependencies.ensureDependencies(requirements, confirm=confirm)
-            except hermesDependencies.DependencyDeclined:
-                self.setStatus(_("Not installed: {packages}. Segment asks again next time.").format(
-                    packages=", ".join(missing)), error=True)
-                return False
-            except hermesDependencies.DependencyError as e:
-                message = _("The Python packages Hermes needs could not be installed: {error}").format(error=e)
-                self.setStatus(message, error=True)
-                self.addLog(message)
-                slicer.util.errorDisplay(message)
-                return False
-            finally:
-                self.refreshModels(reread=True)
-            self.addLog(_("Installed: {packages}").format(packages=", ".join(missing)))
-        self._dependenciesReady = True
-        return True
-
     def onInstallDependencies(self) -> None:
         self._dependenciesReady = False
         if self.ensureDependencies():
@@ -618,26 +581,18 @@ class HermesSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
         self.setStatus(message)
 
     def onJobFinished(self, job) -> None:
-        self.ui.progressBar.setVisible(False)
-        if job.state == JobState.SUCCEEDED:
-            segmentationNode = job.segmentationNode
-            count = segmentationNode.GetSegmentation().GetNumberOfSegments()
-            self.setStatus(_("Done in {seconds:.0f} s: {count} structures in '{name}'.").format(
-                seconds=job.elapsedSeconds, count=count, name=segmentationNode.GetName()))
-            if self._parameterNode is not None and self._parameterNode.show3D:
-                segmentationNode.CreateClosedSurfaceRepresentation()
-            if slicer.app.layoutManager() is not None:
-                slicer.util.setSliceViewerLayers(background=job.volumeNode)
-        elif job.state == JobState.CANCELLED:
-            self.setStatus(_("Cancelled; nothing was added to the scene."))
-        else:
-            self.setStatus(_("Segmentation failed: {error}").format(error=job.errorMessage), error=True)
-            if self.popupsAllowed():
-                slicer.util.errorDisplay(_("Segmentation failed: {error}").format(error=job.errorMessage),
-                                         detailedText="\n".join(job.log[-60:]))
-        if self._job is job:
-            self._job = None
-        self.updateButtons()
+        self.finishJob(job, self.showSegmentation, _("Cancelled; nothing was added to the scene."),
+                       _("Segmentation failed: {error}"))
+
+    def showSegmentation(self, job) -> None:
+        segmentationNode = job.segmentationNode
+        count = segmentationNode.GetSegmentation().GetNumberOfSegments()
+        self.setStatus(_("Done in {seconds:.0f} s: {count} structures in '{name}'.").format(
+            seconds=job.elapsedSeconds, count=count, name=segmentationNode.GetName()))
+        if self._parameterNode is not None and self._parameterNode.show3D:
+            segmentationNode.CreateClosedSurfaceRepresentation()
+        if slicer.app.layoutManager() is not None:
+            slicer.util.setSliceViewerLayers(background=job.volumeNode)
 
     # ------------------------------------------------------------------ model manager
     def onImportCheckpoint(self) -> None:
@@ -693,15 +648,6 @@ class HermesSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
         folder = hermesModels.userModelsFolder()
         folder.mkdir(parents=True, exist_ok=True)
         qt.QDesktopServices.openUrl(qt.QUrl.fromLocalFile(str(folder)))
-
-    # ------------------------------------------------------------------ status and log
-    def setStatus(self, text: str, error: bool = False) -> None:
-        self.ui.statusLabel.text = text
-        self.ui.statusLabel.setStyleSheet("color: #c0392b;" if error else "")
-
-    def addLog(self, text: str) -> None:
-        self.ui.logTextEdit.appendPlainText(text)
-        logging.info(text)
 
     # ------------------------------------------------------------------ developer
     def onReload(self) -> None:
@@ -771,7 +717,7 @@ class HermesSegmentationTest(ScriptedLoadableModuleTest):
 
     def requireDependencies(self, widget) -> None:
         """Tests never install packages (and must never wait on a dialog): without them the test is skipped."""
-        missing = hermesDependencies.missingDependencies(widget.resourcePath("requirements.txt"))
+        missing = hermesDependencies.missingDependencies()
         if missing:
             raise unittest.SkipTest("Python packages missing in Slicer (install them by pressing Segment once, or "
                                     "torch with the PyTorch Utils module): " + ", ".join(missing))
@@ -907,7 +853,7 @@ class HermesSegmentationTest(ScriptedLoadableModuleTest):
         widget.ui.segmentButton.click()  # Cancel
         self.assertEqual(job.state, JobState.CANCELLED)
         self.assertEqual(widget.ui.segmentButton.text, _("Segment"))
-        from HermesSegmentationLib.process import pidAlive
+        from HermesLib.process import pidAlive
         self.assertFalse(pidAlive(pid), "the engine process survived the cancel")
         self.assertEqual(self.sceneNodes(), nodesBefore)
         self.delayDisplay("Cancel test passed")

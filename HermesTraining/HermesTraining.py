@@ -6,8 +6,10 @@ here, ticks the segments to learn, picks the base model and presses Train. Train
 Slicer stays responsive, a chart shows loss and held-out Dice as they arrive, and Cancel stops the whole process tree
 and writes no model. The new model goes into the user's models folder, where Hermes Segmentation lists it at once.
 
-The widget is thin: the work is in ``HermesTrainingLib`` (GUI-free, tested headless with ``slicer-core``), and the
-engine location, background process, model folder and dependency code are Hermes Segmentation's, not copies.
+The widget is thin: the work is in ``HermesTrainingLib`` (GUI-free, tested headless with ``slicer-core``), and
+what both modules need (engine location and runs, background process, progress, models folder and list, dependency
+installation) comes from the shared package ``HermesLib``, not copies. ``HermesLib`` is installed beside the modules;
+from a source checkout, importing ``HermesTrainingLib`` puts it on ``sys.path``.
 """
 
 import importlib
@@ -28,15 +30,18 @@ from slicer.ScriptedLoadableModule import (
 )
 from slicer.util import VTKObservationMixin
 
-from HermesSegmentationLib import dependencies as hermesDependencies
-from HermesSegmentationLib import models as hermesModels
+from HermesTrainingLib.cases import TrainingInputError  # first: it makes HermesLib importable from a source checkout
+from HermesLib import MODULES as SHARED_MODULES
+from HermesLib import dependencies as hermesDependencies
+from HermesLib import models as hermesModels
+from HermesLib.widget import JobWidgetMixin
 from HermesSegmentationLib.modality import suggestModality
-from HermesTrainingLib.cases import TrainingInputError
 from HermesTrainingLib.chart import TrainingChart
-from HermesTrainingLib.logic import HermesTrainingError, HermesTrainingLogic, TrainingState
-from HermesTrainingLib.packs import packCommandError
+from HermesTrainingLib.logic import HermesTrainingError, HermesTrainingLogic
 
+# Lib modules in import order, for onReload (a module must come after the ones it imports).
 LIB_MODULES = (
+    *SHARED_MODULES,
     "HermesTrainingLib.cases",
     "HermesTrainingLib.dataset_export",
     "HermesTrainingLib.chart",
@@ -76,7 +81,9 @@ Teach a Hermes model new structures from a few scans you annotated, without it f
             "Image Segmentation, CVPR 2024.")
 
 
-class HermesTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+class HermesTrainingWidget(JobWidgetMixin, ScriptedLoadableModuleWidget, VTKObservationMixin):
+    title = _("Hermes Training")
+
     def __init__(self, parent=None) -> None:
         ScriptedLoadableModuleWidget.__init__(self, parent)
         VTKObservationMixin.__init__(self)
@@ -90,9 +97,6 @@ class HermesTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._packProcess = None
         self._dependenciesReady = False
         self.showPopups = True  # self-tests set False: nothing may wait on a dialog
-
-    def popupsAllowed(self) -> bool:
-        return self.showPopups and not slicer.app.testingEnabled()
 
     # ------------------------------------------------------------------ setup
     def setup(self) -> None:
@@ -144,8 +148,11 @@ class HermesTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.refreshPairs()
 
     # ------------------------------------------------------------------ models
-    def refreshModels(self) -> None:
-        """Base models: the same list as Hermes Segmentation (default model first, then the user's folder)."""
+    def refreshModels(self, reread: bool = False) -> None:
+        """Base models: the same list as Hermes Segmentation (default model first, then the user's folder);
+        ``reread``: read the models' descriptions again (after an install)."""
+        if reread:
+            self.logic.catalog = hermesModels.ModelCatalog()
         for combo in (self.ui.baseModelComboBox, self.ui.packModelComboBox):
             previous = combo.currentData
             wasBlocked = combo.blockSignals(True)
@@ -302,23 +309,6 @@ class HermesTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                           else _("To train: {what}.").format(what=", ".join(missing)))
         self.ui.segmentWithNewModelButton.enabled = self._lastModel is not None and not self.isBusy()
 
-    def ensureDependencies(self) -> bool:
-        """The same first-use install as Hermes Segmentation (torch via PyTorchUtils, then the engine's packages)."""
-        if self._dependenciesReady:
-            return True
-        requirements = os.path.join(os.path.dirname(slicer.modules.hermessegmentation.path), "Resources",
-                                    "requirements.txt")
-        try:
-            installed = hermesDependencies.ensureDependencies(
-                requirements, confirm=lambda message: slicer.util.confirmOkCancelDisplay(message, _("Hermes Training")))
-        except hermesDependencies.DependencyError as e:
-            self.setStatus(str(e), error=True)
-            return False
-        if installed:
-            self.addLog(_("Installed: {packages}").format(packages=", ".join(installed)))
-        self._dependenciesReady = True
-        return True
-
     def onTrainButton(self) -> None:
         if self.isBusy():
             self.setStatus(_("Cancelling..."))
@@ -363,28 +353,18 @@ class HermesTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._chartShown = True
 
     def onTrainingFinished(self, job) -> None:
-        self.ui.progressBar.setVisible(False)
         self._chartShown = False
-        if job.state == TrainingState.SUCCEEDED:
-            self._lastModel = str(job.modelPath)
-            self._lastNewTasks = self.logic.newTaskNames(job)
-            self.ui.resultLabel.text = self.logic.resultSummary(job)
-            self.setStatus(_("Done in {seconds:.0f} s: {path}").format(seconds=job.elapsedSeconds,
-                                                                        path=job.modelPath))
-            self.refreshModels()
-            segmentationWidget = slicer.util.getModuleWidget("HermesSegmentation")
-            if segmentationWidget is not None:
-                segmentationWidget.refreshModels()  # the new model is listed there at once
-        elif job.state == TrainingState.CANCELLED:
-            self.setStatus(_("Cancelled; no model was written."))
-        else:
-            self.setStatus(_("Training failed: {error}").format(error=job.errorMessage), error=True)
-            if self.popupsAllowed():
-                slicer.util.errorDisplay(_("Training failed: {error}").format(error=job.errorMessage),
-                                         detailedText="\n".join(job.log[-60:]))
-        if self._job is job:
-            self._job = None
-        self.updateButtons()
+        self.finishJob(job, self.showTrainedModel, _("Cancelled; no model was written."), _("Training failed: {error}"))
+
+    def showTrainedModel(self, job) -> None:
+        self._lastModel = str(job.modelPath)
+        self._lastNewTasks = self.logic.newTaskNames(job)
+        self.ui.resultLabel.text = self.logic.resultSummary(job)
+        self.setStatus(_("Done in {seconds:.0f} s: {path}").format(seconds=job.elapsedSeconds, path=job.modelPath))
+        self.refreshModels()
+        segmentationWidget = slicer.util.getModuleWidget("HermesSegmentation")
+        if segmentationWidget is not None:
+            segmentationWidget.refreshModels()  # the new model is listed there at once
 
     # ------------------------------------------------------------------ result
     def onSegmentWithNewModel(self) -> None:
@@ -424,20 +404,12 @@ class HermesTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onPackFinished(self, path, error) -> None:
         self._packProcess = None
         if error:
-            self.setStatus(packCommandError(error), error=True)
+            self.setStatus(_("Task pack: {error}").format(error=error), error=True)
         else:
             self.setStatus(_("Wrote {path}").format(path=path))
             self.refreshModels()
 
-    # ------------------------------------------------------------------ status and log
-    def setStatus(self, text: str, error: bool = False) -> None:
-        self.ui.statusLabel.text = text
-        self.ui.statusLabel.setStyleSheet("color: #c0392b;" if error else "")
-
-    def addLog(self, text: str) -> None:
-        self.ui.logTextEdit.appendPlainText(text)
-        logging.info(text)
-
+    # ------------------------------------------------------------------ developer
     def onReload(self) -> None:
         self.cleanup()
         for name in LIB_MODULES:

@@ -15,7 +15,7 @@ from .errors import ModelFileError
 DEFAULT_MODEL_FILE = "hermes-mini.safetensors"
 PACKAGE_RESOURCES = Path(__file__).resolve().parent / "resources"
 EXTENSION_MODELS = Path(__file__).resolve().parent.parent / "Resources" / "Models"
-# Where the Slicer model manager imports official checkpoints (HermesSegmentationLib.models.userModelsFolder).
+# Where the Slicer model manager imports official checkpoints (HermesLib.models.userModelsFolder).
 USER_MODELS = Path(os.environ.get("HERMESSEG_MODELS_DIR") or Path.home() / ".hermesseg" / "models")
 
 

@@ -23,10 +23,11 @@ from packaging.version import Version
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "HermesSegmentation"))
+sys.path.insert(0, str(REPO))  # HermesLib
 
-from HermesSegmentationLib import dependencies as deps  # noqa: E402
+from HermesLib import dependencies as deps  # noqa: E402
 
-REQUIREMENTS = REPO / "HermesSegmentation" / "Resources" / "requirements.txt"
+REQUIREMENTS = REPO / "HermesLib" / "requirements.txt"
 
 
 def recording_pytorch_utils(calls: list, result):

@@ -19,8 +19,9 @@ from paths import CONFORMANCE, DATA, require
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "HermesSegmentation"))
+sys.path.insert(0, str(REPO))  # HermesLib
 
-from HermesSegmentationLib import engine, models  # noqa: E402
+from HermesLib import engine, models  # noqa: E402
 from HermesSegmentationLib.logic import (  # noqa: E402
     HermesSegmentationError,
     HermesSegmentationLogic,
@@ -28,7 +29,7 @@ from HermesSegmentationLib.logic import (  # noqa: E402
     SegmentationCancelledError,
 )
 from HermesSegmentationLib.modality import suggestModality  # noqa: E402
-from HermesSegmentationLib.process import pidAlive  # noqa: E402
+from HermesLib.process import pidAlive  # noqa: E402
 from HermesSegmentationLib.segmentation_import import segmentTag, terminologyEntryString  # noqa: E402
 
 vtk.vtkObject.GlobalWarningDisplayOff()  # harmless headless noise (colour files, terminology share dir)

@@ -1,4 +1,4 @@
-"""A model's description read in Slicer's process without torch (``HermesSegmentationLib.models.readModelInfo``):
+"""A model's description read in Slicer's process without torch (``HermesLib.models.readModelInfo``):
 the same JSON as ``hermesseg info --json`` for every kind of model the project has, and a clean error for hostile
 files.
 
@@ -21,8 +21,9 @@ import torch
 from paths import CONFORMANCE, DATA, REPO, require
 
 sys.path.insert(0, str(REPO / "HermesSegmentation"))
+sys.path.insert(0, str(REPO))  # HermesLib
 
-from HermesSegmentationLib import models  # noqa: E402
+from HermesLib import models  # noqa: E402
 
 DEFAULT_MODEL = REPO / "Resources" / "Models" / "hermes-mini.safetensors"
 # Never in Slicer's process before the user agrees to install them (numpy and SimpleITK ship with Slicer; the
@@ -45,7 +46,8 @@ def info_without_torch(paths: list[Path]) -> tuple[list[dict], list[str]]:
         for name in {HEAVY!r}:
             sys.modules[name] = None  # import -> ImportError, as in a fresh Slicer
         sys.path.insert(0, {str(REPO / "HermesSegmentation")!r})
-        from HermesSegmentationLib import models
+        import HermesSegmentationLib  # as the module does: puts the checkout's HermesLib on sys.path
+        from HermesLib import models
         infos = [models.readModelInfo(p) for p in {[str(p) for p in paths]!r}]
         loaded = sorted(m for m in sys.modules if m.split(".")[0] in {HEAVY!r} and sys.modules[m] is not None)
         print(json.dumps({{"infos": infos, "loaded": loaded}}))

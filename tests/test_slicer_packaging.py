@@ -145,9 +145,25 @@ def test_engine_package_is_installed_next_to_the_modules():
     assert "DESTINATION_DIR ${CMAKE_BINARY_DIR}/${Slicer_QTSCRIPTEDMODULES_LIB_DIR}" in block
     assert "NO_INSTALL_SUBDIR" in block
     assert (REPO / "hermesseg" / "__init__.py").is_file() and (REPO / "hermesseg" / "cli" / "__main__.py").is_file()
-    # the run-time side: HermesSegmentationLib.engine looks for hermesseg next to HermesSegmentationLib
-    engine_code = (REPO / "HermesSegmentation" / "HermesSegmentationLib" / "engine.py").read_text(encoding="utf-8")
-    assert "_MODULE_DIR, _MODULE_DIR.parent" in engine_code
+    # the run-time side: HermesLib.engine looks for hermesseg beside HermesLib (installed and in the checkout)
+    engine_code = (REPO / "HermesLib" / "engine.py").read_text(encoding="utf-8")
+    assert "Path(__file__).resolve().parent.parent" in engine_code and "_holds_package(_BESIDE)" in engine_code
+
+
+def test_shared_package_is_installed_beside_the_modules_with_its_requirements():
+    """HermesLib (what both modules use) goes where hermesseg goes; each module's Lib keeps only its own files."""
+    text = top()
+    scripts = re.search(r"file\(GLOB_RECURSE HERMESSEG_PYTHON_SCRIPTS (.*?)\)", text, re.S).group(1).split()
+    resources = re.search(r"file\(GLOB_RECURSE HERMESSEG_PYTHON_RESOURCES (.*?)\)", text, re.S).group(1).split()
+    assert "HermesLib/*.py" in scripts and "HermesLib/requirements.txt" in resources
+    shared = {p.name for p in (REPO / "HermesLib").glob("*.py")}
+    assert {"__init__.py", "engine.py", "engine_run.py", "engine_job.py", "process.py", "progress.py", "models.py",
+            "dependencies.py", "widget.py"} <= shared
+    for module in MODULES:
+        lib = REPO / module / f"{module}Lib"
+        own = {p.name for p in lib.glob("*.py")} if lib.is_dir() else set()
+        assert not (own - {"__init__.py"}) & shared, f"{module}Lib repeats a HermesLib module"
+        assert not (REPO / module / "Resources" / "requirements.txt").exists()
 
 
 def test_catalog_entry_follows_schema_v1_0_1():
@@ -208,12 +224,12 @@ def test_requirements_cover_the_engine_dependencies():
     """Every dependency of the engine is installed in Slicer: by pip from requirements.txt, or (torch, SimpleITK,
     numpy, requests) by Slicer / the PyTorch extension, never by pip from this module."""
     import sys
-    sys.path.insert(0, str(REPO / "HermesSegmentation"))
-    from HermesSegmentationLib.dependencies import PROTECTED, readRequirements, requirementName
+    sys.path.insert(0, str(REPO))
+    from HermesLib.dependencies import PROTECTED, readRequirements, requirementName
 
     canonical = lambda n: re.sub(r"[-_.]+", "-", n).lower()  # noqa: E731
     requirements = {canonical(requirementName(r)) for r in
-                    readRequirements(REPO / "HermesSegmentation" / "Resources" / "requirements.txt")}
+                    readRequirements(REPO / "HermesLib" / "requirements.txt")}
     protected = {canonical(p) for p in PROTECTED}
     assert not requirements & protected, "requirements.txt must not pip-install torch/SimpleITK/numpy/requests"
     project = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["project"]

@@ -1,4 +1,4 @@
-"""HermesSegmentationLib's background-process runner and progress parser, with real child processes (no engine)."""
+"""HermesLib's background-process runner and progress parser, with real child processes (no engine)."""
 
 from __future__ import annotations
 
@@ -13,14 +13,15 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "HermesSegmentation"))
+sys.path.insert(0, str(REPO))  # HermesLib
 
-from HermesSegmentationLib.process import (  # noqa: E402
+from HermesLib.process import (  # noqa: E402
     USER_CANCELLED,
     BackgroundProcess,
     ProcessState,
     pidAlive,
 )
-from HermesSegmentationLib.progress import ProgressParser, parseProgressLine  # noqa: E402
+from HermesLib.progress import ProgressParser, parseProgressLine  # noqa: E402
 
 
 def python(code: str) -> list[str]:
@@ -50,7 +51,7 @@ def test_progress_clamps_and_keeps_error():
     parser = ProgressParser()
     parser.feed("Traceback (most recent call last):")
     parser.feed("hermesseg segment: error: unknown task or group 'nope'")
-    assert parser.failureMessage(2) == "hermesseg segment: error: unknown task or group 'nope'"
+    assert parser.failureMessage(2) == "unknown task or group 'nope'"  # the engine's message, without its prefix
     parser.feed('{"stage": "error", "message": "unknown task or group \'nope\'"}')
     assert parser.errorMessage == "unknown task or group 'nope'"
     assert parser.failureMessage(2) == "unknown task or group 'nope'"

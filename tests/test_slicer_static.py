@@ -24,10 +24,11 @@ REPO = Path(__file__).resolve().parents[1]
 MODULE_DIRS = [REPO / "HermesSegmentation", REPO / "HermesTraining"]
 SEG_DIR = REPO / "HermesSegmentation"
 TRAIN_DIR = REPO / "HermesTraining"
+SHARED_DIR = REPO / "HermesLib"
 UI_FILE = SEG_DIR / "Resources" / "UI" / "HermesSegmentation.ui"
 WIDGET_FILE = SEG_DIR / "HermesSegmentation.py"
 MODULES = ["HermesSegmentation", "HermesTraining"]
-LIB_DIRS = [SEG_DIR / "HermesSegmentationLib", TRAIN_DIR / "HermesTrainingLib"]
+LIB_DIRS = [SEG_DIR / "HermesSegmentationLib", TRAIN_DIR / "HermesTrainingLib", SHARED_DIR]
 
 
 def module_ui_file(module: str) -> Path:
@@ -118,7 +119,7 @@ def test_slicer_parameter_names_match_parameter_node_fields_and_widget_types():
 
 
 def module_python_files() -> list[Path]:
-    files = [p for d in MODULE_DIRS for p in d.rglob("*.py") if "__pycache__" not in p.parts]
+    files = [p for d in MODULE_DIRS + [SHARED_DIR] for p in d.rglob("*.py") if "__pycache__" not in p.parts]
     return files + [REPO / "Testing" / "run_slicer_selftests.py"]
 
 
@@ -150,7 +151,7 @@ TORCH_FREE_ENGINE_MODULES = {"hermesseg.model_header", "hermesseg.errors", "herm
 
 def test_lib_imports_only_torch_free_engine_modules():
     used = set()
-    for path in (SEG_DIR / "HermesSegmentationLib").glob("*.py"):
+    for path in (p for d in LIB_DIRS for p in d.glob("*.py")):
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             if (isinstance(node, ast.Call) and getattr(node.func, "attr", getattr(node.func, "id", None))
                     == "importEngineModule"):
@@ -211,15 +212,15 @@ def test_gui_files_import_with_stub_qt(stub_slicer_gui):
                 "HermesSegmentationParameterNode", "Device"):
         assert hasattr(seg, cls), cls
     assert [d.value for d in seg.Device] == ["auto", "gpu", "cpu"]
-    assert set(seg.LIB_MODULES) == {f"HermesSegmentationLib.{p.stem}"
-                                    for p in (SEG_DIR / "HermesSegmentationLib").glob("*.py")
-                                    if p.stem != "__init__"}
+    def lib_modules(*dirs):
+        return {f"{d.name}.{p.stem}" for d in dirs for p in d.glob("*.py") if p.stem != "__init__"}
+
+    assert set(seg.LIB_MODULES) == lib_modules(SHARED_DIR, SEG_DIR / "HermesSegmentationLib")
     for name in seg.LIB_MODULES:  # onReload reloads them in this order: each import resolves
         importlib.import_module(name)
     training = importlib.import_module("HermesTraining")
     assert hasattr(training, "HermesTrainingWidget") and hasattr(training, "HermesTrainingTest")
-    assert set(training.LIB_MODULES) == {f"HermesTrainingLib.{p.stem}" for p in LIB_DIRS[1].glob("*.py")
-                                         if p.stem != "__init__"}
+    assert set(training.LIB_MODULES) == lib_modules(SHARED_DIR, TRAIN_DIR / "HermesTrainingLib")
     for name in training.LIB_MODULES:
         importlib.import_module(name)
     assert "test_WidgetTeachesAStructure" in dir(training.HermesTrainingTest)
@@ -256,16 +257,21 @@ def _selftest_runner():
     return runner
 
 
-def test_every_lib_attribute_the_widget_uses_exists(stub_slicer_gui):
-    """``hermesModels.X``, ``hermesDependencies.X``, ``task_selection.X`` in the widget: X must exist (a typo would
-    surface only in the real application, e.g. in the install path that no headless test drives)."""
-    seg = importlib.import_module("HermesSegmentation")
-    tree = ast.parse(WIDGET_FILE.read_text(encoding="utf-8"))
-    used = {(n.value.id, n.attr) for n in ast.walk(tree) if isinstance(n, ast.Attribute)
-            and isinstance(n.value, ast.Name) and n.value.id in ("hermesModels", "hermesDependencies",
-                                                                  "task_selection")}
-    assert len(used) >= 10
-    missing = sorted(f"{m}.{a}" for m, a in used if not hasattr(getattr(seg, m), a))
+@pytest.mark.parametrize("module,least", [("HermesSegmentation", 7), ("HermesTraining", 5)])
+def test_every_lib_attribute_the_widget_uses_exists(stub_slicer_gui, module, least):
+    """``hermesModels.X``, ``hermesDependencies.X``, ``task_selection.X``, ``dependencies.X`` in a widget (and in
+    the widgets' shared mixin): X must exist (a typo would surface only in the real application, e.g. in the
+    install path that no headless test drives)."""
+    widget = importlib.import_module(module)
+    shared = importlib.import_module("HermesLib.widget")
+    used = set()
+    for source, namespace in ((REPO / module / f"{module}.py", widget), (SHARED_DIR / "widget.py", shared)):
+        tree = ast.parse(source.read_text(encoding="utf-8"))
+        used |= {(namespace, n.value.id, n.attr) for n in ast.walk(tree) if isinstance(n, ast.Attribute)
+                 and isinstance(n.value, ast.Name) and n.value.id in ("hermesModels", "hermesDependencies",
+                                                                      "task_selection", "dependencies")}
+    assert len(used) >= least + 5
+    missing = sorted(f"{m}.{a}" for ns, m, a in used if not hasattr(getattr(ns, m), a))
     assert not missing, missing
 
 

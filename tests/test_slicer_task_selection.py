@@ -9,8 +9,10 @@ import sys
 from paths import REPO
 
 sys.path.insert(0, str(REPO / "HermesSegmentation"))
+sys.path.insert(0, str(REPO))  # HermesLib
 
-from HermesSegmentationLib import models, task_selection as ts  # noqa: E402
+from HermesLib import models  # noqa: E402
+from HermesSegmentationLib import task_selection as ts  # noqa: E402
 
 DEFAULT_MODEL = REPO / "Resources" / "Models" / "hermes-mini.safetensors"
 

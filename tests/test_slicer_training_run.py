@@ -28,14 +28,14 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "HermesSegmentation"))
 sys.path.insert(0, str(REPO / "HermesTraining"))
 
-from HermesSegmentationLib.process import pidAlive  # noqa: E402
-from HermesTrainingLib.cases import TrainingInputError  # noqa: E402
+from HermesTrainingLib.cases import TrainingInputError  # noqa: E402  (first: puts the checkout's HermesLib on the path)
+from HermesLib.engine_job import JobState  # noqa: E402
+from HermesLib.process import pidAlive  # noqa: E402
 from HermesTrainingLib.chart import TrainingChart  # noqa: E402
 from HermesTrainingLib.logic import (  # noqa: E402
     HermesTrainingError,
     HermesTrainingLogic,
     TrainingCancelledError,
-    TrainingState,
 )
 from test_slicer_training_export import load_segmentation, load_volume  # noqa: E402
 
@@ -92,7 +92,7 @@ def test_add_structure_registers_a_model_that_segments_it(models_folder, tmp_pat
                       waitForCompletion=True, chart=chart, onMetrics=metrics.append,
                       onProgress=lambda f, m, s: progress.append(f))
 
-    assert job.state == TrainingState.SUCCEEDED, job.errorMessage
+    assert job.state == JobState.SUCCEEDED, job.errorMessage
     assert job.modelPath.parent == models_folder and job.modelPath.is_file()
     assert exported_left(tmp_path) == []  # the exported dataset was removed
     assert not pidAlive(job.pid)
@@ -107,7 +107,7 @@ def test_add_structure_registers_a_model_that_segments_it(models_folder, tmp_pat
                                                  pairs[0].segmentationNode.GetSegmentation().GetNthSegment(0).GetColor()]
 
     # Hermes Segmentation lists the new model and segments the structure on a training volume
-    from HermesSegmentationLib import models
+    from HermesLib import models
     assert job.modelPath in [e.path for e in models.listModels()]
     seg_job = logic.segmentWithModel(pairs[0].volumeNode, job.modelPath, new, "MR-T1", waitForCompletion=True)
     node = seg_job.segmentationNode
@@ -145,7 +145,7 @@ def test_cancel_mid_run_writes_no_model_and_removes_the_dataset(models_folder, t
         time.sleep(0.05)
     pid = job.pid
     logic.cancel()
-    assert job.state == TrainingState.CANCELLED and finished == [job]
+    assert job.state == JobState.CANCELLED and finished == [job]
     assert not pidAlive(pid)
     assert not models_folder.exists() or list(models_folder.iterdir()) == []
     assert exported_left(tmp_path) == []

@@ -1,18 +1,18 @@
-"""GUI-free helpers of the HermesSegmentation module, shared with HermesTraining.
+"""GUI-free helpers of the HermesSegmentation module; what both modules use is in the shared package ``HermesLib``.
 
-- ``engine``: where the ``hermesseg`` engine is, the interpreter and environment of its child processes
-- ``process``: ``BackgroundProcess`` (reader thread + queue, Qt-timer polling in Slicer, process-tree cancel)
-- ``progress``: the JSON-lines progress protocol of ``hermesseg ... --progress json``
-- ``models``: the model catalogue (default model, user models folder) and ``readModelInfo`` (a model's description
-  from its header, in this process, by the engine's torch-free ``hermesseg.model_header``)
-- ``task_selection``: what a tick in the structure tree selects (shown tasks only)
+- ``logic``: ``HermesSegmentationLogic`` (a segmentation run: volume export, ``hermesseg segment``, import)
 - ``volume_export`` / ``segmentation_import``: volume -> temporary NRRD, ``.seg.nrrd`` -> segmentation node
 - ``modality``: modality suggestion from DICOM attributes or intensities
-- ``dependencies``: torch via PyTorchUtils and the other packages on first use, with confirmation
-- ``logic``: ``HermesSegmentationLogic``
+- ``task_selection``: what a tick in the structure tree selects (shown tasks only)
 
-None of these imports ``qt``, ``ctk`` or torch, and of the engine only its torch-free header reader (through
-``engine.importEngineModule``); they work in the Slicer application and with the ``slicer-core`` wheel.
-HermesTraining imports them as ``from HermesSegmentationLib.process import BackgroundProcess`` (both modules install
-into the same ``qt-scripted-modules`` folder).
+None of these imports ``qt``, ``ctk`` or torch; they work in the Slicer application and with the ``slicer-core``
+wheel. ``HermesLib`` is installed beside the modules (``qt-scripted-modules``, on Slicer's ``sys.path``); in a
+source checkout it is at the repository root, which is put on ``sys.path`` here.
 """
+
+import importlib.util
+import sys
+from pathlib import Path
+
+if importlib.util.find_spec("HermesLib") is None:  # source checkout: <repo>/HermesLib beside <repo>/HermesSegmentation
+    sys.path.append(str(Path(__file__).resolve().parents[2]))

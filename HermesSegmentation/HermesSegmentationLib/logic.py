@@ -21,17 +21,19 @@ from __future__ import annotations
 
 import logging
 import sys
-import time
 from pathlib import Path
 from typing import Callable
 
 import slicer
 
-from . import engine
-from .models import ModelCatalog, errorFromOutput, importOfficialCommand, importedModelPath
-from .process import BackgroundProcess, ProcessState
-from .progress import ProgressParser
-from .segmentation_import import SegmentationImportError, importSegmentation
+from HermesLib import engine
+from HermesLib.engine_job import EngineJob
+from HermesLib.engine_job import JobState as BaseJobState
+from HermesLib.engine_run import EngineRun, startEngineCommand, startFileCommand
+from HermesLib.models import ModelCatalog, importedModelPath
+from HermesLib.progress import ProgressEvent
+
+from .segmentation_import import SegmentationImportError, importSegmentation, removeSegmentationNode
 from .volume_export import VolumeExportError, createTemporaryFolder, exportVolume, removeFolder
 
 try:  # real Slicer: the standard base class (parameter node helpers)
@@ -53,14 +55,9 @@ class SegmentationCancelledError(HermesSegmentationError):
     """The run was cancelled; nothing was imported."""
 
 
-class JobState:
-    STARTING = "starting"
+class JobState(BaseJobState):
     SEGMENTING = "segmenting"
     IMPORTING = "importing"
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
-    FINAL = (SUCCEEDED, FAILED, CANCELLED)
 
 
 def resolveDevice(device: str) -> str:
@@ -73,124 +70,48 @@ def resolveDevice(device: str) -> str:
     return device
 
 
-class SegmentationJob:
-    """One run: its state, progress, log, result node, and cancel/wait/poll."""
+class SegmentationJob(EngineJob):
+    """One run: its state, progress, log, result node, and cancel/wait/poll (:class:`~HermesLib.engine_job.EngineJob`)."""
+
+    what = "Segmentation"
+    cancelledNote = "nothing was imported"
 
     def __init__(self, logic: "HermesSegmentationLogic", volumeNode, modality: str | None,
                  taskNames: list[str] | None, modelPath: str | None, onProgress: ProgressCallback | None,
                  onFinished: Callable[["SegmentationJob"], None] | None, onLog: Callable[[str], None] | None):
-        self.logic = logic
+        super().__init__(logic, onFinished, onLog)
         self.volumeNode = volumeNode
         self.modality = modality
         self.taskNames = list(taskNames) if taskNames else None
         self.modelPath = modelPath
         self.onProgress = onProgress
-        self.onFinished = onFinished
-        self.onLog = onLog
-        self.state = JobState.STARTING
         self.fraction = 0.0
         self.stage = "start"
         self.message = ""
-        self.errorMessage: str | None = None
         self.segmentationNode = None
-        self.outputs: list[dict] = []
-        self.log: list[str] = []
-        self.command: list[str] = []
-        self.process: BackgroundProcess | None = None
         self.tempFolder: Path | None = None
         self.outputFolder: Path | None = None
-        self.parser = ProgressParser()
-        self.startTime = time.monotonic()
-        self.endTime: float | None = None
-
-    # ------------------------------------------------------------------ public
-    @property
-    def isRunning(self) -> bool:
-        return self.state not in JobState.FINAL
-
-    @property
-    def elapsedSeconds(self) -> float:
-        return (self.endTime or time.monotonic()) - self.startTime
-
-    @property
-    def pid(self) -> int | None:
-        return self.process.pid if self.process else None
-
-    def poll(self) -> bool:
-        """Deliver pending progress (scripts without a Qt event loop). True while running."""
-        if self.process is not None and not self.process.finished:
-            self.process.poll()
-        return self.isRunning
-
-    def wait(self, timeout: float | None = None) -> "SegmentationJob":
-        if self.process is not None and not self.process.finished:
-            self.process.wait(timeout)
-        return self
-
-    def cancel(self) -> None:
-        """Kill the engine's process tree; nothing is imported; ``onFinished`` is called before this returns."""
-        if not self.isRunning:
-            return
-        self._report(self.fraction, "Cancelling", "cancel")
-        if self.process is not None and not self.process.finished:
-            self.process.cancel()  # -> _onProcessFinished with CANCELLED
-        else:
-            self._finish(JobState.CANCELLED, message="Cancelled")
 
     # ------------------------------------------------------------------ internals
-    def _emitLog(self, text: str) -> None:
-        self.log.append(text)
-        if self.onLog is not None:
-            try:
-                self.onLog(text)
-            except Exception:  # noqa: BLE001 - a log callback must not break the run
-                logging.exception("log callback failed")
-
     def _report(self, fraction: float, message: str, stage: str) -> None:
         self.fraction, self.message, self.stage = fraction, message, stage
         if self.onProgress is not None:
             self.onProgress(fraction, message, stage)
 
-    def _onLine(self, line: str) -> None:
-        event = self.parser.feed(line)
-        if event is None:
-            if line.strip():
-                self._emitLog(line)
-            return
-        if event.isError:
-            self._emitLog(f"Error: {event.message}")
-            return
-        if event.message:
-            self._emitLog(f"[{event.stage}] {event.message}")
-        if event.isDone:
-            self.outputs = event.outputs
+    def _onProgress(self, event: ProgressEvent) -> None:
         self._report(event.fraction * ENGINE_SHARE, event.message or event.stage, event.stage)
 
-    def _onProcessFinished(self, process: BackgroundProcess) -> None:
-        if process.state == ProcessState.CANCELLED:
-            self._finish(JobState.CANCELLED, message="Cancelled; nothing was imported")
-            return
-        if process.callbackError is not None:
-            self._finish(JobState.FAILED, error=f"progress handling failed: {process.callbackError}")
-            return
-        if process.returnCode != 0 or self.parser.doneEvent is None:
-            code = process.returnCode
-            message = self.parser.failureMessage(code)
-            if code == 130:
-                message = f"the engine was interrupted: {message}"
-            elif code == 0:
-                message = "the engine finished without reporting its outputs"
-            self._finish(JobState.FAILED, error=message)
-            return
-        self._import()
+    def _cancelling(self) -> None:
+        self._report(self.fraction, "Cancelling", "cancel")
 
     def _segmentationFile(self) -> Path:
-        for output in self.outputs:
+        for output in self.run.outputs:
             if output.get("segmentation"):
                 return Path(output["segmentation"])
         return self.outputFolder / "input.seg.nrrd"
 
-    def _import(self) -> None:
+    def _succeeded(self, run: EngineRun) -> None:
+        """Import the engine's ``.seg.nrrd`` onto the input volume."""
         self.state = JobState.IMPORTING
         self._report(ENGINE_SHARE, "Loading the segmentation", "import")
         if self.volumeNode.GetScene() is None:
@@ -208,32 +129,25 @@ class SegmentationJob:
             logging.exception("Segmentation import failed")
             self._finish(JobState.FAILED, error=f"could not load the result: {e}")
             return
-        self._finish(JobState.SUCCEEDED, message="Done")
+        self._finish(JobState.SUCCEEDED)
 
-    def _finish(self, state: str, message: str = "", error: str | None = None) -> None:
-        if state == JobState.FAILED and self.segmentationNode is not None:
-            from .segmentation_import import removeSegmentationNode
+    def _cleanUp(self) -> None:
+        if self.state == JobState.FAILED and self.segmentationNode is not None:
             removeSegmentationNode(self.logic.scene, self.segmentationNode)
             self.segmentationNode = None
-        self.state = state
-        self.endTime = time.monotonic()
-        self.errorMessage = error
         if not self.logic.keepTemporaryFiles:
             removeFolder(self.tempFolder)
+
+    def _resultText(self) -> str:
+        return ", ".join(self.segmentNames())
+
+    def _ended(self, state: str) -> None:
         if state == JobState.SUCCEEDED:
-            names = ", ".join(self.segmentNames())
-            self._emitLog(f"Segmentation finished in {self.elapsedSeconds:.1f} s: {names}")
-            self._report(1.0, message or "Done", "done")
+            self._report(1.0, "Done", "done")
         elif state == JobState.CANCELLED:
-            self._emitLog(f"Cancelled after {self.elapsedSeconds:.1f} s; nothing was imported")
-            self._report(self.fraction, message or "Cancelled", "cancelled")
+            self._report(self.fraction, "Cancelled", "cancelled")
         else:
-            self._emitLog(f"Segmentation failed: {error}")
-            self._report(self.fraction, f"Failed: {error}", "error")
-        if self.logic.job is self:
-            self.logic.job = None
-        if self.onFinished is not None:
-            self.onFinished(self)
+            self._report(self.fraction, f"Failed: {self.errorMessage}", "error")
 
     def segmentNames(self) -> list[str]:
         if self.segmentationNode is None:
@@ -279,10 +193,12 @@ class HermesSegmentationLogic(_Base):
     def isRunning(self) -> bool:
         return self.job is not None and self.job.isRunning
 
-    def buildSegmentCommand(self, inputPath: str | Path, outputFolder: str | Path, modality: str | None,
-                            taskNames: list[str] | None, modelPath: str | Path | None = None, device: str = "auto",
-                            fast: bool = False, overlap: float | None = None,
-                            extraArgs: list[str] | None = None) -> list[str]:
+    @staticmethod
+    def segmentArguments(inputPath: str | Path, outputFolder: str | Path, modality: str | None,
+                         taskNames: list[str] | None, modelPath: str | Path | None = None, device: str = "auto",
+                         fast: bool = False, overlap: float | None = None,
+                         extraArgs: list[str] | None = None) -> list[str]:
+        """The arguments of ``hermesseg segment`` for one run (JSON progress on stdout)."""
         args = [str(inputPath), "-o", str(outputFolder), "--progress", "json", "--device", resolveDevice(device)]
         if modelPath:
             args += ["--model", str(modelPath)]
@@ -294,8 +210,7 @@ class HermesSegmentationLogic(_Base):
             args.append("--fast")
         if overlap is not None:
             args += ["--overlap", f"{float(overlap):g}"]
-        args += list(extraArgs or [])
-        return engine.engineCommand("segment", *args, python=self.python())
+        return args + list(extraArgs or [])
 
     def segment(self, volumeNode, modality: str | None, taskNames: list[str] | None, modelPath=None,
                 device: str = "auto", fast: bool = False, waitForCompletion: bool = False,
@@ -322,27 +237,17 @@ class HermesSegmentationLogic(_Base):
             job.tempFolder = createTemporaryFolder()
             job.outputFolder = job.tempFolder / "output"
             inputPath = exportVolume(volumeNode, job.tempFolder)
-            job.command = self.buildSegmentCommand(inputPath, job.outputFolder, modality, taskNames, modelPath,
-                                                   device, fast, overlap, extraArgs)
-            job._emitLog("Running: " + " ".join(job.command))
-            job.process = BackgroundProcess(job.command, env=engine.engineEnvironment(), onOutputLine=job._onLine,
-                                            onFinished=job._onProcessFinished)
             job.state = JobState.SEGMENTING
-            job.process.start(useTimer=False if waitForCompletion else None)
+            job.run = startEngineCommand(
+                "segment", self.segmentArguments(inputPath, job.outputFolder, modality, taskNames, modelPath, device,
+                                                 fast, overlap, extraArgs),
+                onProgress=job._onProgress, onLog=job.logSink, onFinished=job._onRunFinished,
+                python=self.python(), pollWithQtTimer=False if waitForCompletion else None)
+            job._emitLog("Running: " + " ".join(job.command))  # first: no callback runs before the start returns
         except (engine.EngineNotFoundError, VolumeExportError, OSError) as e:
             job._finish(JobState.FAILED, error=str(e))
         if waitForCompletion:
-            if job.isRunning:
-                try:
-                    job.wait(timeout)
-                except TimeoutError:
-                    job.cancel()
-                    raise HermesSegmentationError(f"segmentation did not finish within {timeout} s; "
-                                                  "it was cancelled") from None
-            if job.state == JobState.CANCELLED:
-                raise SegmentationCancelledError("segmentation was cancelled; nothing was imported")
-            if job.state == JobState.FAILED:
-                raise HermesSegmentationError(job.errorMessage or "segmentation failed")
+            job.outcome(timeout, HermesSegmentationError, SegmentationCancelledError)
         return job
 
     def cancel(self) -> None:
@@ -354,35 +259,12 @@ class HermesSegmentationLogic(_Base):
     def importOfficialCheckpoint(self, checkpoint: str | Path, output: str | Path | None = None,
                                  onLog: Callable[[str], None] | None = None,
                                  onFinished: Callable[[Path | None, str | None], None] | None = None,
-                                 waitForCompletion: bool = False) -> BackgroundProcess:
+                                 waitForCompletion: bool = False) -> EngineRun:
         """Convert an official Hermes-R ``.pth`` into a model file (default: the user's models folder).
 
         ``onFinished(modelPath, None)`` on success, ``(None, error)`` otherwise; blocking mode raises on error.
         """
         output = Path(output) if output else importedModelPath(checkpoint)
-        output.parent.mkdir(parents=True, exist_ok=True)
-        lines: list[str] = []
-        result: dict = {}
-
-        def onLine(line: str) -> None:
-            lines.append(line)
-            if onLog is not None:
-                onLog(line)
-
-        def finished(process: BackgroundProcess) -> None:
-            if process.state == ProcessState.CANCELLED:
-                result["error"] = "import cancelled"
-            elif process.returnCode != 0 or not output.is_file():
-                result["error"] = errorFromOutput("\n".join(lines), process.returnCode)
-            if onFinished is not None:
-                onFinished(None if "error" in result else output, result.get("error"))
-
-        engine.requireEngine()
-        process = BackgroundProcess(importOfficialCommand(checkpoint, output, python=self.python()),
-                                    env=engine.engineEnvironment(), onOutputLine=onLine, onFinished=finished)
-        process.start(useTimer=False if waitForCompletion else None)
-        if waitForCompletion:
-            process.wait()
-            if "error" in result:
-                raise HermesSegmentationError(result["error"])
-        return process
+        return startFileCommand("import-official", [str(checkpoint), "-o", str(output)], output, onFinished, onLog,
+                                python=self.python(), waitForCompletion=waitForCompletion,
+                                error=HermesSegmentationError)

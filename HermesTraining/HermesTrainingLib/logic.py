@@ -19,18 +19,18 @@ stops the whole process tree: no model is written. The temporary dataset is remo
 from __future__ import annotations
 
 import re
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from HermesSegmentationLib import engine, models
-from HermesSegmentationLib.process import BackgroundProcess, ProcessState
-from HermesSegmentationLib.progress import ProgressParser
+from HermesLib import engine, models
+from HermesLib.engine_job import EngineJob, JobState
+from HermesLib.engine_run import EngineRun, startEngineCommand, startFileCommand
+from HermesLib.progress import ProgressEvent
 
 from .cases import TrainingInputError, TrainingPair, checkPair, segmentOccurrences
 from .dataset_export import ExportedDataset, exportDataset, labelName, removeExport
-from .packs import importedPackModelPath, runPackCommand
+from .packs import PackError, importedPackModelPath
 
 try:  # real Slicer: the standard base class (parameter node helpers)
     from slicer.ScriptedLoadableModule import ScriptedLoadableModuleLogic as _Base
@@ -51,14 +51,6 @@ class HermesTrainingError(RuntimeError):
 
 class TrainingCancelledError(HermesTrainingError):
     """The run was cancelled; no model was written."""
-
-
-class TrainingState:
-    RUNNING = "running"
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
-    FINAL = (SUCCEEDED, FAILED, CANCELLED)
 
 
 @dataclass
@@ -104,92 +96,34 @@ def safeModelStem(text: str) -> str:
 
 def defaultOutputPath(request: TrainingRequest) -> Path:
     """A new file in the user's models folder, never overwriting an existing one."""
-    folder = models.userModelsFolder()
     base = Path(request.baseModel).stem if request.baseModel else "hermes"
-    stem = safeModelStem(f"{base}+{'+'.join(request.segmentNames)}" if request.mode != "train"
-                         else f"hermes-{'+'.join(request.segmentNames)}")
-    candidate = folder / f"{stem}{models.MODEL_SUFFIX}"
-    n = 2
-    while candidate.exists():
-        candidate = folder / f"{stem}-{n}{models.MODEL_SUFFIX}"
-        n += 1
-    return candidate
+    return models.newModelPath(safeModelStem(f"{base}+{'+'.join(request.segmentNames)}" if request.mode != "train"
+                                             else f"hermes-{'+'.join(request.segmentNames)}"))
 
 
-class TrainingJob:
-    """One training run: state, progress, metrics, log, the model it wrote, and cancel/wait/poll."""
+class TrainingJob(EngineJob):
+    """One training run: progress, metrics, the model it wrote (:class:`~HermesLib.engine_job.EngineJob` for state,
+    log and cancel/wait/poll). ``result``: the engine's ``done`` event (its ``outputs``)."""
 
-    def __init__(self, logic: "HermesTrainingLogic", request: TrainingRequest, onProgress, onMetrics, onLog,
-                 onFinished, chart):
-        self.logic = logic
+    what = "Training"
+    cancelledNote = "no model was written"
+
+    def __init__(self, logic: "HermesTrainingLogic", request: TrainingRequest, output: Path, onProgress, onMetrics,
+                 onLog, onFinished, chart):
+        super().__init__(logic, onFinished, onLog)
         self.request = request
+        self.outputPath = output
         self.onProgress = onProgress
         self.onMetrics = onMetrics
-        self.onLog = onLog
-        self.onFinished = onFinished
         self.chart = chart
-        self.state = TrainingState.RUNNING
         self.fraction = 0.0
         self.message = ""
-        self.errorMessage: str | None = None
         self.metrics: list[dict] = []
-        self.log: list[str] = []
-        self.command: list[str] = []
         self.dataset: ExportedDataset | None = None
-        self.outputPath: Path | None = None
         self.modelPath: Path | None = None
         self.result: dict = {}
-        self.process: BackgroundProcess | None = None
-        self.parser = ProgressParser()
-        self.startTime = time.monotonic()
-        self.endTime: float | None = None
 
-    @property
-    def isRunning(self) -> bool:
-        return self.state not in TrainingState.FINAL
-
-    @property
-    def elapsedSeconds(self) -> float:
-        return (self.endTime or time.monotonic()) - self.startTime
-
-    @property
-    def pid(self) -> int | None:
-        return self.process.pid if self.process else None
-
-    def poll(self) -> bool:
-        if self.process is not None and not self.process.finished:
-            self.process.poll()
-        return self.isRunning
-
-    def wait(self, timeout: float | None = None) -> "TrainingJob":
-        if self.process is not None and not self.process.finished:
-            self.process.wait(timeout)
-        return self
-
-    def cancel(self) -> None:
-        """Stop the engine's process tree; no model is written; ``onFinished`` runs before this returns."""
-        if not self.isRunning:
-            return
-        if self.process is not None and not self.process.finished:
-            self.process.cancel()
-        else:
-            self._finish(TrainingState.CANCELLED)
-
-    # ------------------------------------------------------------------ engine output
-    def _emitLog(self, text: str) -> None:
-        self.log.append(text)
-        if self.onLog is not None:
-            self.onLog(text)
-
-    def _onLine(self, line: str) -> None:
-        event = self.parser.feed(line)
-        if event is None:
-            if line.strip():
-                self._emitLog(line)
-            return
-        if event.isError:
-            self._emitLog(f"Error: {event.message}")
-            return
+    def _onProgress(self, event: ProgressEvent) -> None:
         record = metricsRecord(event.data)
         if record:
             self.metrics.append(record)
@@ -197,53 +131,44 @@ class TrainingJob:
                 self.chart.add(record.get("step", len(self.metrics)), record.get("loss"), record.get("dice"))
             if self.onMetrics is not None:
                 self.onMetrics(record)
-        if event.message:
-            self._emitLog(f"[{event.stage}] {event.message}")
         if event.isDone:
             self.result = event.data
         self.fraction, self.message = event.fraction, event.message or event.stage
         if self.onProgress is not None:
             self.onProgress(event.fraction, self.message, event.stage)
 
-    def _onProcessFinished(self, process: BackgroundProcess) -> None:
-        if process.state == ProcessState.CANCELLED:
-            self._finish(TrainingState.CANCELLED)
-        elif process.returnCode != 0 or self.parser.doneEvent is None:
-            message = self.parser.failureMessage(process.returnCode)
-            if process.returnCode == 0:
-                message = "the engine finished without reporting its output"
-            self._finish(TrainingState.FAILED, message)
-        elif not self.outputPath.is_file():
-            self._finish(TrainingState.FAILED, f"the engine reported success but {self.outputPath} is missing")
-        else:
-            self.modelPath = self.outputPath
-            self._finish(TrainingState.SUCCEEDED)
+    def _succeeded(self, run: EngineRun) -> None:
+        if not self.outputPath.is_file():
+            self._finish(JobState.FAILED, f"the engine reported success but {self.outputPath} is missing")
+            return
+        self.modelPath = self.outputPath
+        self._finish(JobState.SUCCEEDED)
 
-    def _finish(self, state: str, error: str | None = None) -> None:
-        self.state, self.errorMessage, self.endTime = state, error, time.monotonic()
+    def _cleanUp(self) -> None:
         if not self.request.keepDataset:
             removeExport(self.dataset)
-        if state == TrainingState.SUCCEEDED:
-            self._emitLog(f"Training finished in {self.elapsedSeconds:.0f} s: {self.modelPath}")
-        elif state == TrainingState.CANCELLED:
-            self._emitLog(f"Cancelled after {self.elapsedSeconds:.0f} s; no model was written")
-        else:
-            self._emitLog(f"Training failed: {error}")
-        if self.logic.job is self:
-            self.logic.job = None
-        if self.onFinished is not None:
-            self.onFinished(self)
+
+    def _resultText(self) -> str:
+        return str(self.modelPath)
+
+
+def _number(value) -> float | None:
+    """A finite figure from a progress field: a number, or the mean of a per-task ``{name: dice or None}``."""
+    if isinstance(value, dict):
+        values = [v for v in value.values() if isinstance(v, (int, float)) and not isinstance(v, bool)]
+        return sum(values) / len(values) if values else None
+    return value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
 def metricsRecord(data: dict) -> dict:
-    """Step, loss and held-out Dice from one engine progress object (keys the engine writes; others ignored)."""
+    """Step, loss, held-out Dice (mean over the new tasks) and ETA from one engine progress object."""
     record = {}
     for key, names in (("step", ("step", "iteration")), ("total", ("total", "steps")),
-                       ("loss", ("loss",)), ("dice", ("heldout_dice", "held_out_dice", "validation_dice", "dice")),
-                       ("eta", ("eta_seconds", "eta"))):
+                       ("loss", ("loss",)), ("dice", ("held_out_dice", "heldout_dice", "validation_dice", "dice")),
+                       ("eta", ("eta_s", "eta_seconds", "eta"))):
         for name in names:
-            value = data.get(name)
-            if isinstance(value, (int, float)) and not isinstance(value, bool):
+            value = _number(data.get(name))
+            if value is not None:
                 record[key] = value
                 break
     return record if ("loss" in record or "dice" in record) else {}
@@ -290,10 +215,11 @@ class HermesTrainingLogic(_Base):
         return segmentOccurrences(pairs)
 
     # ------------------------------------------------------------------ training
-    def buildCommand(self, request: TrainingRequest, dataset: ExportedDataset, output: Path) -> list[str]:
+    @staticmethod
+    def engineArguments(request: TrainingRequest, dataset: ExportedDataset, output: Path) -> tuple[str, list[str]]:
+        """The engine subcommand and its arguments for ``request`` (JSON progress on stdout)."""
         if request.mode not in MODES:
             raise TrainingInputError(f"unknown training mode {request.mode!r}; choose one of {', '.join(MODES)}")
-        subcommand = MODES[request.mode]
         args: list[str] = []
         if request.mode == "add":
             if not request.baseModel:
@@ -312,8 +238,7 @@ class HermesTrainingLogic(_Base):
             args += ["--seed", str(int(request.seed))]
         if request.device and request.device != "auto":
             args += ["--device", "cuda" if request.device == "gpu" else request.device]
-        return engine.engineCommand(subcommand, *args, *request.extraArgs,
-                                    python=self.pythonExecutable or engine.pythonExecutable())
+        return MODES[request.mode], args + list(request.extraArgs)
 
     def train(self, pairs: list[TrainingPair], segmentNames: list[str], baseModel, modality: str,
               mode: str = "add", kind: str = "priors", steps: int | None = None, timeLimit: float | None = None,
@@ -336,31 +261,23 @@ class HermesTrainingLogic(_Base):
         if request.baseModel and output.resolve() == Path(request.baseModel).resolve():
             raise TrainingInputError("the new model must not replace its base model; choose another output file")
         engine.requireEngine()
-        job = TrainingJob(self, request, onProgress, onMetrics, onLog, onFinished, chart)
-        job.outputPath = output
+        job = TrainingJob(self, request, output, onProgress, onMetrics, onLog, onFinished, chart)
         output.parent.mkdir(parents=True, exist_ok=True)
         job.dataset = exportDataset(pairs, request.segmentNames, modality, request.datasetName or
                                     defaultDatasetName(request.segmentNames), parent=_temporaryBase())
         try:
-            job.command = self.buildCommand(request, job.dataset, output)
+            subcommand, args = self.engineArguments(request, job.dataset, output)
+            job.run = startEngineCommand(subcommand, args, onProgress=job._onProgress, onLog=job.logSink,
+                                         onFinished=job._onRunFinished, python=self.pythonExecutable,
+                                         pollWithQtTimer=False if waitForCompletion else None)
         except Exception:
             removeExport(job.dataset)
             raise
+        job.state = JobState.RUNNING
         self.job = job
-        job._emitLog("Running: " + " ".join(job.command))
-        job.process = BackgroundProcess(job.command, env=engine.engineEnvironment(), onOutputLine=job._onLine,
-                                        onFinished=job._onProcessFinished)
-        job.process.start(useTimer=False if waitForCompletion else None)
+        job._emitLog("Running: " + " ".join(job.command))  # first: no callback runs before the start returns
         if waitForCompletion:
-            try:
-                job.wait(timeout)
-            except TimeoutError:
-                job.cancel()
-                raise HermesTrainingError(f"training did not finish within {timeout} s; it was cancelled") from None
-            if job.state == TrainingState.CANCELLED:
-                raise TrainingCancelledError("training was cancelled; no model was written")
-            if job.state == TrainingState.FAILED:
-                raise HermesTrainingError(job.errorMessage or "training failed")
+            job.outcome(timeout, HermesTrainingError, TrainingCancelledError)
         return job
 
     def cancel(self) -> None:
@@ -407,14 +324,16 @@ class HermesTrainingLogic(_Base):
             onFinished=onFinished, onLog=onLog)
 
     def exportTaskPack(self, modelPath, taskNames: list[str], output, onFinished=None,
-                       waitForCompletion: bool = False):
-        output = Path(output)
-        command = engine.engineCommand("export-task", str(modelPath), *taskNames, "-o", str(output),
-                                       python=self.pythonExecutable or engine.pythonExecutable())
-        return runPackCommand(command, output, onFinished, waitForCompletion)
+                       waitForCompletion: bool = False) -> EngineRun:
+        """``hermesseg export-task``: ``onFinished(output, None)`` or ``(None, error)``; blocking raises PackError."""
+        return startFileCommand("export-task", [str(modelPath), *taskNames, "-o", str(output)], Path(output),
+                                onFinished, python=self.pythonExecutable, waitForCompletion=waitForCompletion,
+                                error=PackError)
 
-    def importTaskPack(self, baseModel, pack, output=None, onFinished=None, waitForCompletion: bool = False):
+    def importTaskPack(self, baseModel, pack, output=None, onFinished=None,
+                       waitForCompletion: bool = False) -> EngineRun:
+        """``hermesseg import-task`` into a new file beside the user's models (refused by the engine, with both
+        fingerprints, when ``pack`` was made for another base)."""
         output = Path(output) if output else importedPackModelPath(baseModel, pack)
-        command = engine.engineCommand("import-task", str(baseModel), str(pack), "-o", str(output),
-                                       python=self.pythonExecutable or engine.pythonExecutable())
-        return runPackCommand(command, output, onFinished, waitForCompletion)
+        return startFileCommand("import-task", [str(baseModel), str(pack), "-o", str(output)], output, onFinished,
+                                python=self.pythonExecutable, waitForCompletion=waitForCompletion, error=PackError)

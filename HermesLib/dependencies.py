@@ -9,7 +9,7 @@ Rules (learned from other extensions' issue trackers):
 - pip never replaces packages Slicer ships or manages elsewhere: SimpleITK (Slicer's ITK IO plugins), torch
   (PyTorchUtils), requests, numpy (:data:`PROTECTED`). On Slicer >= 5.12 ``pip_ensure(skip_packages=...)`` does
   this; on older versions each package is installed with ``--no-deps`` and its own dependencies are listed in
-  ``Resources/requirements.txt`` explicitly;
+  ``requirements.txt`` (beside this module) explicitly;
 - checks use package metadata, never imports (an import would load torch into Slicer's process for nothing).
 """
 
@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Callable
 
 PROTECTED = ("torch", "SimpleITK", "requests", "numpy")
+REQUIREMENTS_FILE = Path(__file__).resolve().with_name("requirements.txt")  # installed beside this package
 # What PyTorchUtils is asked to install: the torch that every MONAI allowed by requirements.txt needs (MONAI 1.6
 # requires torch>=2.8) and that the engine's own pin in pyproject.toml satisfies (tests/test_slicer_dependencies.py
 # checks both).
@@ -89,7 +90,7 @@ def torchRequirement() -> str:
     return "torch" + TORCH_REQUIREMENT
 
 
-def missingDependencies(requirementsFile: str | Path) -> list[str]:
+def missingDependencies(requirementsFile: str | Path = REQUIREMENTS_FILE) -> list[str]:
     """Everything Hermes lacks in this Python: torch first (if absent or too old), then the pip packages."""
     missing = [] if torchSatisfied() else [torchRequirement()]
     return missing + missingRequirements(readRequirements(requirementsFile))
@@ -176,8 +177,8 @@ def _askOnce(confirm: Callable[[str], bool] | None, missing: list[str]) -> None:
                                  + ", ".join(missing))
 
 
-def ensurePackages(requirementsFile: str | Path, confirm: Callable[[str], bool] | None = None,
-                   requester: str = "HermesSegmentation") -> list[str]:
+def ensurePackages(requirementsFile: str | Path = REQUIREMENTS_FILE, confirm: Callable[[str], bool] | None = None,
+                   requester: str = "HermesExtension") -> list[str]:
     """Install the missing non-protected requirements; returns what was installed (empty if nothing was missing).
 
     ``confirm(message)`` asks the user first (None: the caller has asked already). Raises DependencyDeclined when
@@ -208,7 +209,8 @@ def ensurePackages(requirementsFile: str | Path, confirm: Callable[[str], bool] 
     return missing
 
 
-def ensureDependencies(requirementsFile: str | Path, confirm: Callable[[str], bool] | None = None) -> list[str]:
+def ensureDependencies(requirementsFile: str | Path = REQUIREMENTS_FILE,
+                       confirm: Callable[[str], bool] | None = None) -> list[str]:
     """Everything missing, after one ``confirm(message)`` (None: install without asking): torch through
     PyTorchUtils, then the engine's other packages. Returns what was missing (empty: nothing to do); raises
     DependencyDeclined or DependencyError, after which the caller refreshes what depends on the packages."""

@@ -83,9 +83,14 @@ class ProgressParser:
         return event
 
     def failureMessage(self, returnCode: int | None) -> str:
-        """The best explanation of a failed run: the engine's error line, else its last text lines."""
+        """The best explanation of a failed run: the engine's ``error`` event, else its one-line error
+        (``hermesseg CMD: error: MESSAGE`` -> MESSAGE), else another line that mentions an error, else the last
+        text lines."""
         if self.errorMessage:
             return self.errorMessage
+        for line in reversed(self.textTail):
+            if ": error:" in line:
+                return line.split(": error:", 1)[1].strip()
         errorLines = [t for t in self.textTail if "error" in t.lower()]
         if errorLines:
             return errorLines[-1].strip()

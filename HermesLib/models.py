@@ -75,17 +75,19 @@ def listModels(extraFolders: list[Path] | None = None) -> list[ModelEntry]:
     return entries
 
 
-def importOfficialCommand(checkpoint: str | Path, output: str | Path, name: str | None = None,
-                          python: str | None = None) -> list[str]:
-    args = [str(checkpoint), "-o", str(output)]
-    if name:
-        args += ["--name", name]
-    return engine.engineCommand("import-official", *args, python=python)
-
-
 def importedModelPath(checkpoint: str | Path, folder: Path | None = None) -> Path:
     """Where the model manager writes the model imported from ``checkpoint``."""
     return (folder or userModelsFolder()) / (Path(checkpoint).stem + MODEL_SUFFIX)
+
+
+def newModelPath(stem: str, folder: Path | None = None) -> Path:
+    """``<folder>/<stem>.safetensors`` (default folder: the user's models), numbered ``-2``, ``-3``... so that a
+    trained or imported model never overwrites an existing file."""
+    folder = folder or userModelsFolder()
+    candidate, n = folder / f"{stem}{MODEL_SUFFIX}", 2
+    while candidate.exists():
+        candidate, n = folder / f"{stem}-{n}{MODEL_SUFFIX}", n + 1
+    return candidate
 
 
 def readModelInfo(path: str | Path) -> dict:
@@ -100,15 +102,6 @@ def readModelInfo(path: str | Path) -> dict:
         return header.model_summary(path)
     except errors.HermesError as e:
         raise ModelInfoError(str(e)) from None
-
-
-def errorFromOutput(text: str, returnCode: int) -> str:
-    """The engine's one-line error (``hermesseg info: error: ...``), else the last output line."""
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    for line in reversed(lines):
-        if ": error:" in line:
-            return line.split(": error:", 1)[1].strip()
-    return lines[-1] if lines else f"the engine exited with code {returnCode}"
 
 
 class ModelCatalog:

@@ -12,11 +12,10 @@ with :func:`importEngineModule`.
 Where ``hermesseg`` is found, in this order:
 
 1. ``$HERMESSEG_ENGINE_PATH`` (a folder that contains the ``hermesseg`` package), for developers;
-2. the folder that holds this extension's scripted modules: the top-level ``CMakeLists.txt`` installs the package
-   there (``<extension>/lib/Slicer-X.Y/qt-scripted-modules/hermesseg``), next to ``HermesSegmentationLib``;
-3. the source checkout (``<repo>/hermesseg`` next to ``<repo>/HermesSegmentation``), when the module is used from
-   the source tree (Extension Wizard / additional module paths);
-4. wherever Python finds it (``find_spec``), e.g. a venv with ``pip install -e .``.
+2. beside this package: the top-level ``CMakeLists.txt`` installs both into the folder of the extension's scripted
+   modules (``<extension>/lib/Slicer-X.Y/qt-scripted-modules/{hermesseg,HermesLib}``), and in a source checkout both
+   are at the repository root (modules used from the source tree: additional module paths);
+3. wherever Python finds it (``find_spec``), e.g. a venv with ``pip install -e .``.
 """
 
 from __future__ import annotations
@@ -33,8 +32,7 @@ ENGINE_PATH_ENV = "HERMESSEG_ENGINE_PATH"
 PYTHON_ENV = "HERMESSEG_PYTHON"
 PARENT_PID_ENV = "HERMESSEG_PARENT_PID"  # hermesseg.parent_watch: the engine stops when this process dies
 
-_LIB_DIR = Path(__file__).resolve().parent  # .../HermesSegmentationLib
-_MODULE_DIR = _LIB_DIR.parent                # .../HermesSegmentation (source) or qt-scripted-modules (installed)
+_BESIDE = Path(__file__).resolve().parent.parent  # repository root (source) or qt-scripted-modules (installed)
 
 
 def _holds_package(folder: Path) -> bool:
@@ -46,9 +44,8 @@ def enginePackageFolder() -> Path | None:
     override = os.environ.get(ENGINE_PATH_ENV)
     if override and _holds_package(Path(override)):
         return Path(override).resolve()
-    for candidate in (_MODULE_DIR, _MODULE_DIR.parent):
-        if _holds_package(candidate):
-            return candidate
+    if _holds_package(_BESIDE):
+        return _BESIDE
     try:
         spec = importlib.util.find_spec(PACKAGE)  # locates, does not import (no torch import in Slicer)
     except (ImportError, ValueError):

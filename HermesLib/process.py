@@ -12,7 +12,8 @@ Design (the MONAIAuto3DSeg ``BackgroundProcess`` pattern, which works on every S
 - :meth:`cancel` kills the process tree (``psutil`` when importable; else ``os.killpg`` on POSIX, ``taskkill /T`` on
   Windows), reaps the process and records :data:`USER_CANCELLED`, so completion handlers import nothing.
 
-This module is GUI-free and Slicer-free: HermesTraining reuses it for training runs (start / poll / stop).
+This module is GUI-free and Slicer-free. Engine commands go through :mod:`HermesLib.engine_run`, which adds the
+engine's environment and progress parsing.
 """
 
 from __future__ import annotations
