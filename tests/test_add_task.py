@@ -8,13 +8,7 @@ the README give those numbers).
 from __future__ import annotations
 
 import json
-import os
-import re
 import shutil
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +24,8 @@ from hermesseg.training.forgetting import group_queries
 from hermesseg.imageio import read_image
 from hermesseg.preprocessing import Preprocessing, normalize_intensity, to_model_grid
 
+from new_task_helpers import assert_refused, assert_sigterm_cancels, dataset_subset as _subset, run_json
+from new_task_helpers import one_thread  # noqa: F401  (autouse: the 2 test cores are shared)
 from paths import DATA, REPO, require
 
 BASE = REPO / "Resources" / "Models" / "hermes-mini.safetensors"
@@ -44,40 +40,14 @@ MODALITY_IMAGES = {"CT": DATA / "ct_abdomen_ts" / "imagesTr" / "example_ct_sm_00
                    "MR-T1c": DATA / "mr_brain_tumour_t1c" / "imagesTr" / "brain1_0000.nii.gz"}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def _subset(src: Path, dst: Path, cases: list[str], **meta_changes) -> Path:
-    """A dataset folder holding only ``cases`` of ``src`` (symlinked files; dataset.json copied and edited)."""
-    (dst / "imagesTr").mkdir(parents=True)
-    (dst / "labelsTr").mkdir()
-    for case in cases:
-        (dst / "imagesTr" / f"{case}_0000.nii.gz").symlink_to(src / "imagesTr" / f"{case}_0000.nii.gz")
-        (dst / "labelsTr" / f"{case}.nii.gz").symlink_to(src / "labelsTr" / f"{case}.nii.gz")
-    meta = json.loads((src / "dataset.json").read_text())
-    meta.update(numTraining=len(cases), **meta_changes)
-    (dst / "dataset.json").write_text(json.dumps(meta))
-    return dst
-
-
 @pytest.fixture(scope="module")
 def acdc_run(tmp_path_factory):
     """One real `hermesseg add-task` process: 3 ACDC patients (6 frames), new modality MR-cine, --progress json."""
     root = tmp_path_factory.mktemp("acdc")
     data = _subset(require(ACDC), root / "acdc3", list(ACDC_CASES), name="acdc3")
     out = root / "heart.safetensors"
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "HERMESSEG_CACHE": str(root / "cache")}
-    cmd = [sys.executable, "-m", "hermesseg.cli", "add-task", str(require(BASE)), "--data", str(data), "-o",
-           str(out), "--steps", "3", "--seed", "1", "--device", "cpu", "--progress", "json",
-           "--init-from", "mr_abdomen_ts_liver"]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    events = [json.loads(line) for line in proc.stdout.splitlines()]
+    events = run_json(["add-task", str(require(BASE)), "--data", str(data), "-o", str(out), "--steps", "3",
+                       "--seed", "1", "--device", "cpu", "--init-from", "mr_abdomen_ts_liver"], root / "cache")
     return out, events, data
 
 
@@ -199,40 +169,14 @@ def test_one_case_known_modality_is_deterministic_and_says_no_held_out_figure(tm
 
 def test_sigterm_stops_within_seconds_with_exit_130_and_no_output(tmp_path):
     out = tmp_path / "cancelled.safetensors"
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "HERMESSEG_CACHE": str(tmp_path / "c")}
-    cmd = [sys.executable, "-m", "hermesseg.cli", "add-task", str(require(BASE)), "--data", str(require(BREAST)),
-           "-o", str(out), "--group", "breast_new", "--steps", "100000", "--device", "cpu", "--progress", "json"]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        for line in proc.stdout:
-            if json.loads(line).get("step", 0) >= 2:
-                break
-        sent = time.monotonic()
-        proc.send_signal(signal.SIGTERM)
-        rc = proc.wait(timeout=30)
-        waited = time.monotonic() - sent
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert rc == 130 and waited < 10
-    assert "cancelled" in proc.stderr.read()
-    assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+    assert_sigterm_cancels(["add-task", str(require(BASE)), "--data", str(require(BREAST)), "-o", str(out),
+                            "--group", "breast_new", "--steps", "100000", "--device", "cpu"], out, tmp_path)
 
 
 # ---------------------------------------------------------------------------------------------------- bad input
 
 def _refused(tmp_path, capsys, args, pattern):
-    out = tmp_path / "new.safetensors"
-    argv = ["add-task", args[0] or str(BASE), *args[1:]]
-    if "-o" not in argv:
-        argv += ["-o", str(out)]
-    rc = main(argv)
-    err = capsys.readouterr().err
-    assert rc != 0 and "Traceback" not in err
-    assert err.startswith("hermesseg add-task: error: "), err
-    assert re.search(pattern, err), err
-    assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".new")]
-    return err
+    return assert_refused("add-task", BASE, tmp_path, capsys, args, pattern)
 
 
 def _breast_copy(tmp_path, **meta) -> Path:

@@ -21,6 +21,7 @@ COMMAND_MODULES = (
     "segment_command",
     "train_command",
     "add_task_command",
+    "finetune_command",
     "evaluate_command",
     "export_task_command",
     "import_task_command",

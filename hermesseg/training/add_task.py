@@ -26,7 +26,6 @@ import numpy as np
 
 from ..add_task_options import DEFAULT_SPLIT_GROUP_PATTERN, DEFAULT_STEPS, DEFAULT_TIME_LIMIT_S, MODES  # noqa: F401
 from ..errors import HermesError, QueryError
-from ..manifest import Manifest
 from ..model_file import save_model
 from .child_manifest import child_manifest, run_details
 from .distributed import DistContext, pick_device
@@ -35,7 +34,7 @@ from .held_out_training import planned_steps, train_held_out_then_refit
 from .loop import new_prior_rows
 from .new_rows import folded_network, network_with_new_rows, plan_new_rows
 from .new_task_cases import held_out_note, held_out_split, holds_out, prepare_cases
-from .new_task_request import NewTaskData, NewTaskRequest, check_new_task_data, check_run_limits
+from .new_task_request import NewTaskData, NewTaskRequest, NewTaskResult, check_new_task_data, check_run_limits
 from .phase import phase_config, train_phase
 from .run_clock import RunClock
 from .sampling import Source
@@ -54,13 +53,7 @@ class AddTaskRequest(NewTaskRequest):
 
 
 @dataclass
-class AddTaskResult:
-    output: Path
-    manifest: Manifest
-    new_tasks: list[str]
-    held_out_dice: dict[str, float | None] | None  # None: fewer than 3 case groups, no held-out figure
-    steps: int
-    wall_s: float
+class AddTaskResult(NewTaskResult):
     init: dict[str, dict] = field(default_factory=dict)
 
 

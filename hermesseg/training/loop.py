@@ -2,7 +2,10 @@
 
 ``trainable(network)`` returns the parameters to optimise; every other parameter is frozen (``requires_grad``
 False), is not given to the optimiser and is not averaged by the EMA, so its bytes never change. ``train`` trains
-all parameters; ``add-task --mode priors`` trains only the new prior rows (``HermesR.new_prior_parameters``).
+all parameters; ``add-task --mode priors`` trains only the new prior rows (``HermesR.new_prior_parameters``);
+``finetune`` trains everything in named groups whose learning rates are scaled (``scaled_groups``: the backbone at
+about 0.1x, spec 4 "Transfer"). A hook returns parameters, or optimiser parameter groups ``{"name", "params",
+"lr_scale"}``; the schedule's learning rate times ``lr_scale`` is each group's.
 What happens after each step (logging, validation, checkpoints, progress, stopping) is the caller's ``on_step``.
 """
 
@@ -21,7 +24,7 @@ from .loss import hermes_loss
 from .optim import EMA, build_optimizer, lr_at, set_lr
 from .sampling import PatchSampler, batch_loader, make_targets
 
-Trainable = Callable[[HermesR], list[nn.Parameter]]
+Trainable = Callable[[HermesR], list]  # parameters, or parameter groups {"name", "params", "lr_scale"}
 
 
 def all_parameters(network: HermesR) -> list[nn.Parameter]:
@@ -32,6 +35,30 @@ def new_prior_rows(network: HermesR) -> list[nn.Parameter]:
     return network.new_prior_parameters()
 
 
+def scaled_groups(backbone_scale: float, new_rows_scale: float) -> Trainable:
+    """Every parameter, in three groups: the new prior rows (``new_rows_scale`` x the learning rate), the backbone
+    (stem and encoder stages, ``backbone_scale`` x) and the rest (decoder, fusion, heads: 1 x)."""
+
+    def groups(network: HermesR) -> list[dict]:
+        new = network.new_prior_parameters()
+        backbone = [p for module in (network.stem, network.encoder) for p in module.parameters()]
+        taken = {id(p) for p in new + backbone}
+        return [{"name": "new rows", "params": new, "lr_scale": float(new_rows_scale)},
+                {"name": "backbone", "params": backbone, "lr_scale": float(backbone_scale)},
+                {"name": "decoder, fusion, heads", "params": [p for p in network.parameters() if id(p) not in taken],
+                 "lr_scale": 1.0}]
+
+    return groups
+
+
+def parameter_groups(chosen: list) -> list[dict]:
+    """A hook's answer as named groups (a plain parameter list is one group, "trained", at 1 x); empty groups are
+    dropped."""
+    if chosen and not isinstance(chosen[0], dict):
+        chosen = [{"name": "trained", "params": list(chosen), "lr_scale": 1.0}]
+    return [g for g in chosen if g["params"]]
+
+
 @dataclass
 class Optimisation:
     optimizer: torch.optim.Optimizer
@@ -40,12 +67,13 @@ class Optimisation:
 
 def prepare_optimisation(network: HermesR, cfg: dict, trainable: Trainable) -> Optimisation:
     """Freeze what ``trainable`` does not return; an optimiser and an EMA for the rest."""
-    chosen = {id(p) for p in trainable(network)}
+    groups = parameter_groups(trainable(network))
+    chosen = {id(p) for g in groups for p in g["params"]}
     if not chosen:
         raise HermesError("nothing to train: the trainable-parameter hook returned no parameter")
     for p in network.parameters():
         p.requires_grad_(id(p) in chosen)
-    return Optimisation(build_optimizer(network.parameters(), cfg), EMA(network, cfg["ema_decay"]))
+    return Optimisation(build_optimizer(groups, cfg), EMA(network, cfg["ema_decay"]))
 
 
 @dataclass

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from ..add_task_options import DEFAULT_SPLIT_GROUP_PATTERN, DEFAULT_STEPS, DEFAULT_TIME_LIMIT_S
 from ..errors import DatasetError, HermesError, OutputError, QueryError
+from ..manifest import Manifest
 from ..model import HermesModel
 from ..names import check_name
 from ..nnunet import Dataset, TaskPlan, check_case, dataset_modality_string, load_datasets, plan_tasks, read_dataset
@@ -48,6 +49,18 @@ class NewTaskData:
     modality: str  # the model modality the new tasks are learned for
     new_modality: bool
     group: str
+
+
+@dataclass
+class NewTaskResult:
+    """What add-task and finetune both return (their results add the method's figures)."""
+
+    output: Path
+    manifest: Manifest
+    new_tasks: list[str]
+    held_out_dice: dict[str, float | None] | None  # None: fewer than 3 case groups, no held-out figure
+    steps: int
+    wall_s: float
 
 
 def same_file(a: Path, b: Path) -> bool:

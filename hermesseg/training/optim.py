@@ -69,8 +69,13 @@ class Lamb(torch.optim.Optimizer):
         return loss
 
 
-def build_optimizer(params: Iterable[nn.Parameter], cfg: Mapping) -> torch.optim.Optimizer:
-    params = [p for p in params if p.requires_grad]
+def build_optimizer(params: Iterable, cfg: Mapping) -> torch.optim.Optimizer:
+    """AdamW or LAMB over the trainable ``params`` (parameters, or parameter groups with an ``lr_scale``)."""
+    params = list(params)
+    if params and isinstance(params[0], dict):
+        params = [{**g, "params": [p for p in g["params"] if p.requires_grad]} for g in params]
+    else:
+        params = [p for p in params if p.requires_grad]
     kw = dict(lr=float(cfg["lr"]), betas=tuple(float(b) for b in cfg["betas"]), eps=float(cfg["eps"]),
               weight_decay=float(cfg["weight_decay"]))
     if cfg["optimizer"] == "lamb":
@@ -79,8 +84,9 @@ def build_optimizer(params: Iterable[nn.Parameter], cfg: Mapping) -> torch.optim
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    """The schedule's ``lr`` times each group's ``lr_scale`` (1 when the group has none)."""
     for group in optimizer.param_groups:
-        group["lr"] = lr
+        group["lr"] = lr * group.get("lr_scale", 1.0)
 
 
 class EMA:

@@ -25,6 +25,8 @@ class PhaseResult:
     network: HermesR  # the EMA weights
     steps: int
     last: dict  # the last step's loss parts
+    groups: list[dict]  # the optimiser's parameter groups: name, parameters (elements), lr_scale, peak_lr
+    samples: dict[str, int]  # patches drawn per sampler source
 
 
 def phase_config(settings: dict, seed: int, steps: int, patch_size) -> dict:
@@ -39,10 +41,16 @@ def train_phase(network: HermesR, trainable: Trainable, sources: Sequence[Source
     sampler = PatchSampler(sources, cfg["patch_size"], cfg["batch_size"], cfg["foreground_probability"],
                            cfg["augmentation"], int(cfg["seed"]))
     start, last = time.monotonic(), {}
+    peak = [0.0] * len(opt.optimizer.param_groups)
+    samples = {s.name: 0 for s in sources}
 
     def on_step(step: Step) -> bool:
         nonlocal last
         last = step.parts
+        for k, group in enumerate(opt.optimizer.param_groups):
+            peak[k] = max(peak[k], float(group["lr"]))
+        for where in step.batch["where"]:
+            samples[where[0]] += 1
         clock.done += 1
         elapsed = time.monotonic() - start
         clock.step_s = elapsed / step.iteration
@@ -52,4 +60,6 @@ def train_phase(network: HermesR, trainable: Trainable, sources: Sequence[Source
 
     done = run_iterations(network, network, opt, sampler, cfg, ctx, 0, steps, lambda: False, on_step)
     clock.planned -= steps - done
-    return PhaseResult(opt.ema.module, done, last)
+    groups = [{"name": g["name"], "parameters": sum(p.numel() for p in g["params"]), "lr_scale": g["lr_scale"],
+               "peak_lr": peak[k]} for k, g in enumerate(opt.optimizer.param_groups)]
+    return PhaseResult(opt.ema.module, done, last, groups, samples)

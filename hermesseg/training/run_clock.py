@@ -27,10 +27,11 @@ class RunClock:
     def elapsed(self) -> float:
         return time.monotonic() - self.t0
 
-    def budget(self, share: float, reserve_steps: int) -> float:
+    def budget(self, share: float, reserve_steps: int, reserve_s: float = 0.0) -> float:
         """Seconds for a training phase: ``share`` of what is left, less the work after training (about as long as
-        ``reserve_steps`` training steps) so that the time limit bounds the whole command."""
-        return max(self.left() * share - reserve_steps * (self.step_s or 0.0), 0.0)
+        ``reserve_steps`` training steps, plus ``reserve_s`` seconds) so that the time limit bounds the whole
+        command."""
+        return max(self.left() * share - reserve_steps * (self.step_s or 0.0) - reserve_s, 0.0)
 
     def event(self, stage: str, message: str, **fields) -> None:
         if self.progress is None:
