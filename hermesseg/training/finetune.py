@@ -31,7 +31,7 @@ from ..finetune_options import DEFAULT_BACKBONE_LR_SCALE, DEFAULT_LR, NEW_ROWS_L
 from ..model_file import save_model
 from .child_manifest import child_manifest, run_details
 from .distributed import DistContext, pick_device
-from .forgetting_dice import cache_parent_task_cases, forgetting_note, forgetting_record, parent_task_dice
+from .forgetting_dice import ForgettingMeasure, cache_parent_task_cases, forgetting_note
 from .held_out_training import planned_steps, train_held_out_then_refit
 from .loop import scaled_groups
 from .new_rows import folded_network, network_with_new_rows, plan_new_rows
@@ -87,14 +87,10 @@ def finetune(request: FinetuneRequest, progress=None) -> FinetuneResult:
     pre, patch = cases.preprocessing, cases.preprocessing.patch_size
     replay_cases = cache_parent_task_cases(replay, pre, cache_dir_of(request))
     measured = replay if replay.datasets else parent_tasks_of(checked.datasets, manifest)
-    measure_cases = replay_cases if replay.datasets else cache_parent_task_cases(measured, pre, cache_dir_of(request))
-
-    started = clock.elapsed()
-    before = None
-    if measure_cases:
-        clock.event("forgetting", f"Dice of the base model's tasks on {len(measure_cases)} case(s), before")
-        before = parent_task_dice(base.network.to(ctx.device), measured, measure_cases, patch, ctx.device)
-    measure_s = clock.elapsed() - started  # measuring after training takes as long again
+    forgetting = ForgettingMeasure(measured, replay_cases if replay.datasets else
+                                   cache_parent_task_cases(measured, pre, cache_dir_of(request)), patch, ctx.device,
+                                   NOT_MEASURED)
+    forgetting.before(base.network, clock)
 
     rows = plan_new_rows(checked, None, cases.first_phase, patch, ctx.device, clock)
     cfg = phase_config({**SETTINGS, "lr": float(request.lr)}, request.seed, request.steps, patch)
@@ -106,28 +102,21 @@ def finetune(request: FinetuneRequest, progress=None) -> FinetuneResult:
     def phase(phase_cases, stage: str, share: float):
         sources = [Source("new", 1.0, rows.query, rows.modality_id, phase_cases)] + replay_sources
         return train_phase(network_with_new_rows(base.network, rows, ctx.device), trainable, sources, cfg, clock,
-                           stage, clock.budget(share, WRITE_STEPS, measure_s), ctx)
+                           stage, clock.budget(share, WRITE_STEPS, forgetting.seconds), ctx)
 
     trained = train_held_out_then_refit(phase, cases, rows, request.refit, ctx.device, clock)
     out_net = folded_network(trained.result.network)
-    if measure_cases:
-        clock.event("forgetting", f"Dice of the base model's tasks on {len(measure_cases)} case(s), after")
-        after = parent_task_dice(out_net.to(ctx.device), measured, measure_cases, patch, ctx.device)
-        out_net.cpu()
-        forgetting = forgetting_record(measure_cases, before, after)
-        clock.event("forgetting", forgetting_note(forgetting))
-    else:
-        forgetting = {"not_measured": NOT_MEASURED}
+    record = forgetting.after(out_net, clock)
 
     wall = clock.elapsed()
-    note = f"{held_out_note(trained.dice)}; {forgetting_note(forgetting)}"
-    groups = trained.result.groups
+    note = f"{held_out_note(trained.dice)}; {forgetting_note(record)}"
     details = {"method": "finetune", **run_details(checked, request, trained.steps, wall, str(ctx.device)),
                "lr": float(request.lr), "backbone_lr_scale": float(request.backbone_lr_scale),
-               "parameter_groups": groups, "samples": trained.result.samples, "replay": {d.name: [c.name for c in d.cases] for d in replay.datasets},
-               "init": rows.init, "held_out": trained.record, "forgetting": forgetting}
+               "parameter_groups": trained.result.groups, "samples": trained.result.samples,
+               "replay": {d.name: [c.name for c in d.cases] for d in replay.datasets},
+               "init": rows.init, "held_out": trained.record, "forgetting": record}
     card_entry = {"tasks": rows.names, "group": checked.group, "held_out_dice": trained.dice,
-                  "forgetting": forgetting, "steps": trained.steps, "wall_s": round(wall, 1),
+                  "forgetting": record, "steps": trained.steps, "wall_s": round(wall, 1),
                   "note": f"every weight fine-tuned (backbone at {request.backbone_lr_scale:g}x the learning rate); "
                           f"Dice on the model grid; {note}."}
     new_manifest = child_manifest(checked, out_net, cases, rows.query, "finetune",
@@ -135,4 +124,4 @@ def finetune(request: FinetuneRequest, progress=None) -> FinetuneResult:
     clock.event("write", f"writing {request.output}")
     new_manifest = save_model(request.output, out_net, new_manifest)
     return FinetuneResult(Path(request.output), new_manifest, rows.names, trained.dice, trained.steps, wall,
-                          forgetting, rows.init)
+                          record, rows.init)

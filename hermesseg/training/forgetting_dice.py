@@ -8,6 +8,7 @@ as the held-out figure of the new tasks). The record is ``{"measured_on": ["data
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import torch
@@ -37,9 +38,35 @@ def parent_task_dice(network: torch.nn.Module, data: ParentTaskData, cases: list
     return out
 
 
-def forgetting_record(cases: list[CachedCase], before: dict, after: dict) -> dict:
-    return {"measured_on": [f"{c.dataset}/{c.case}" for c in cases],
-            "tasks": {name: {"before": before[name], "after": after[name]} for name in before}}
+class ForgettingMeasure:
+    """The parent's tasks on fixed cases: ``before(parent)``, then ``after(child)`` gives the record; ``seconds``
+    is how long one measurement took (the time limit reserves as much for the second)."""
+
+    def __init__(self, data: ParentTaskData, cases: list[CachedCase], patch_size, device, reason: str):
+        self.data, self.cases, self.patch_size, self.device = data, cases, patch_size, device
+        self.reason = reason  # why nothing is measured, when no case labels a parent task
+        self.dice_before: dict | None = None
+        self.seconds = 0.0
+
+    def before(self, parent: torch.nn.Module, clock) -> None:
+        if self.cases:
+            clock.event("forgetting", f"Dice of the base model's tasks on {len(self.cases)} case(s), before")
+            started = time.monotonic()
+            self.dice_before = parent_task_dice(parent.to(self.device), self.data, self.cases, self.patch_size,
+                                                self.device)
+            self.seconds = time.monotonic() - started
+
+    def after(self, child: torch.nn.Module, clock) -> dict:
+        """The record; ``child`` is measured on the run's device and returned to the CPU."""
+        if not self.cases:
+            return {"not_measured": self.reason}
+        clock.event("forgetting", f"Dice of the base model's tasks on {len(self.cases)} case(s), after")
+        after = parent_task_dice(child.to(self.device), self.data, self.cases, self.patch_size, self.device)
+        child.cpu()
+        record = {"measured_on": [f"{c.dataset}/{c.case}" for c in self.cases],
+                  "tasks": {n: {"before": self.dice_before[n], "after": after[n]} for n in self.dice_before}}
+        clock.event("forgetting", forgetting_note(record))
+        return record
 
 
 def forgetting_note(record: dict) -> str:
