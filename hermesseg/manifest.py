@@ -199,6 +199,12 @@ class Manifest:
             check_quality(t)
             seen_ids.add(t.id)
             seen_names.add(t.name)
+        by_id = {t.id: t for t in self.tasks}
+        for adapter in config.adapters:  # an adapter serves tasks of its own group only (spec 4, zero forgetting)
+            stray = [i for i in adapter.task_ids if i not in by_id or by_id[i].group != adapter.group]
+            if stray:
+                raise ModelFileError(f"adapter {adapter.group!r} names task row {stray[0]}, which is not a task of "
+                                     f"group {adapter.group!r}")
         for key in ("spacing", "intensity"):
             if key not in self.preprocessing:
                 raise ModelFileError(f"manifest preprocessing is missing {key!r}")

@@ -159,6 +159,8 @@ def manifest_summary(manifest: Manifest, num_parameters: int, identity: str | No
                    "default": t.id in default_ids} for t in manifest.tasks],
         "default_rule": {"min_heldout_dice": MIN_HELDOUT_DICE, "min_heldout_cases": MIN_HELDOUT_CASES},
         "groups": manifest.groups,
+        "adapters": [{"group": a.group, "tasks": [manifest.task(i).name for i in a.task_ids], "design": a.design,
+                      "width": a.width, "levels": a.levels, "blocks": a.blocks} for a in manifest.config.adapters],
         "modalities": [{"id": m.id, "name": m.name, "description": m.description, "dicom": m.dicom}
                        for m in manifest.modalities],
         "preprocessing": manifest.preprocessing,

@@ -2,10 +2,12 @@
 
 A pack is a small safetensors file holding what a group of tasks owns in a model, under the model's own tensor names
 with only the tasks' rows: ``fusion.<i>.task_prior`` (T, C_i), the blocks of the modalities the tasks are learned for
-``fusion.<i>.modality_prior`` (M, L, C_i) and their modality-head rows ``modality_head.classifier.fc2.*`` (M, ...).
+``fusion.<i>.modality_prior`` (M, L, C_i) and their modality-head rows ``modality_head.classifier.fc2.*`` (M, ...),
+and the groups' adapters whole (``adapters.<group>.*``, add-task --mode adapter).
 Its metadata (``hermes_task_pack``, JSON) holds the tasks' manifest entries, each modality's entry, intensity
-normalisation and block sha256, the source model's lineage records for those tasks, the compatibility fingerprint of
-the base (:mod:`hermesseg.compatibility`) and a sha256 of the pack's tensors.
+normalisation and block sha256, each adapter's configuration (its ``task_ids`` are positions in the pack's task
+list), the source model's lineage records for those tasks, the compatibility fingerprint of the base
+(:mod:`hermesseg.compatibility`) and a sha256 of the pack's tensors.
 
 Importing appends the rows (and the blocks of modalities the base lacks) to a base with the same compatibility
 fingerprint. A task is always queried inside its group (:mod:`hermesseg.inference.query_plan`), so packs hold whole
@@ -17,7 +19,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -28,10 +30,11 @@ from .atomic import atomic_path, check_output_file
 from .compatibility import (ADAPTER_PREFIX, MODALITY_HEAD_ROWS, MODALITY_TABLE_SUFFIX, TASK_TABLE_SUFFIX,
                             compatibility_fingerprint, modality_block_sha256)
 from .errors import ModelFileError, TaskPackError
-from .manifest import LineageRecord, Manifest, ModalityEntry, TaskEntry
+from .manifest import LineageRecord, Manifest, ModalityEntry, TaskEntry, architecture_dict
 from .model_file import expected_shapes, read_model_state, save_model, weights_fingerprint
 from .names import shown
 from .network import HermesR, HermesRConfig
+from .network.config import AdapterConfig
 from .preprocessing import IntensityNorm
 
 PACK_KEY = "hermes_task_pack"
@@ -57,17 +60,25 @@ class TaskPack:
     modalities: list[PackModality]  # in the order of the pack's modality tensors
     lineage: list[LineageRecord]
     tensors: dict[str, torch.Tensor]
+    adapters: list[AdapterConfig] = field(default_factory=list)  # task_ids: positions in ``tasks``
 
     def metadata(self) -> dict:
         return {"format": PACK_FORMAT, "format_version": PACK_VERSION, "base_fingerprint": self.base_fingerprint,
                 "source": self.source, "tasks": [asdict(t) for t in self.tasks],
                 "modalities": [{"entry": asdict(m.entry), "intensity": m.intensity, "block_sha256": m.block_sha256}
                                for m in self.modalities],
-                "lineage": [asdict(r) for r in self.lineage], "tensors_sha256": weights_fingerprint(self.tensors)}
+                "lineage": [asdict(r) for r in self.lineage], "tensors_sha256": weights_fingerprint(self.tensors),
+                "adapters": [{**asdict(a), "task_ids": list(a.task_ids)} for a in self.adapters]}
 
 
 def _is_pack_tensor(name: str) -> bool:
+    """A per-task or per-modality table (the pack holds some of its rows)."""
     return name.endswith((TASK_TABLE_SUFFIX, MODALITY_TABLE_SUFFIX)) or name in MODALITY_HEAD_ROWS
+
+
+def _adapter_group(name: str) -> str | None:
+    """``adapters.<group>.…`` -> group; None for any other tensor name."""
+    return name.split(".")[1] if name.startswith(ADAPTER_PREFIX) and name.count(".") >= 2 else None
 
 
 # ---------------------------------------------------------------------------------------------------------- export
@@ -97,9 +108,10 @@ def select_groups(manifest: Manifest, names: list[str]) -> list[TaskEntry]:
 
 
 def build_pack(manifest: Manifest, state: dict[str, torch.Tensor], tasks: list[TaskEntry]) -> TaskPack:
-    """Cut ``tasks``' rows and their modalities' blocks out of a model's tensors."""
-    if any(k.startswith(ADAPTER_PREFIX) for k in state):
-        raise TaskPackError("this model has adapter weights; exporting adapter-mode tasks is not supported yet")
+    """Cut ``tasks``' rows, their modalities' blocks and their groups' adapters out of a model's tensors."""
+    position = {t.id: k for k, t in enumerate(tasks)}
+    adapters = [replace(a, task_ids=tuple(position[i] for i in a.task_ids)) for a in manifest.config.adapters
+                if a.group in {t.group for t in tasks}]
     task_ids = torch.tensor([t.id for t in tasks], dtype=torch.long)
     modality_entries = [m for m in manifest.modalities if any(m.name in t.modalities for t in tasks)]
     modality_ids = torch.tensor([m.id for m in modality_entries], dtype=torch.long)
@@ -109,6 +121,8 @@ def build_pack(manifest: Manifest, state: dict[str, torch.Tensor], tasks: list[T
             tensors[name] = tensor[task_ids].contiguous()
         elif name.endswith(MODALITY_TABLE_SUFFIX) or name in MODALITY_HEAD_ROWS:
             tensors[name] = tensor[modality_ids].contiguous()
+        elif _adapter_group(name) in {a.group for a in adapters}:
+            tensors[name] = tensor.contiguous()
     names = {t.name for t in tasks}
     return TaskPack(
         base_fingerprint=compatibility_fingerprint(state),
@@ -117,7 +131,7 @@ def build_pack(manifest: Manifest, state: dict[str, torch.Tensor], tasks: list[T
         modalities=[PackModality(m, manifest.preprocessing["intensity"][m.name], modality_block_sha256(state, m.id))
                     for m in modality_entries],
         lineage=[r for r in manifest.lineage if names & set(r.tasks)],
-        tensors=tensors)
+        tensors=tensors, adapters=adapters)
 
 
 def write_pack(path: str | os.PathLike, pack: TaskPack) -> None:
@@ -190,6 +204,18 @@ def _modality(raw, i: int) -> PackModality:
     return PackModality(entry, intensity, _field(raw, "block_sha256", str, where))
 
 
+def _adapter(raw, i: int, tasks: list[TaskEntry]) -> AdapterConfig:
+    """An adapter entry of a pack: a valid configuration whose positions are tasks of its own group."""
+    try:
+        adapter = AdapterConfig.from_dict(raw)
+    except ValueError as e:
+        raise TaskPackError(f"pack adapter {i}: {e}") from None
+    bad = [k for k in adapter.task_ids if k >= len(tasks) or tasks[k].group != adapter.group]
+    if bad:
+        raise TaskPackError(f"pack adapter {i} ({adapter.group}): task position {bad[0]} is not a task of its group")
+    return adapter
+
+
 def _parse_metadata(meta: dict, path: Path) -> dict:
     if PACK_KEY not in meta:
         what = "a model file" if "hermes_manifest" in meta else "a safetensors file"
@@ -219,8 +245,10 @@ def read_pack(path: str | os.PathLike) -> TaskPack:
             tasks = [_task(t, i) for i, t in enumerate(_field(d, "tasks", list, "pack metadata"))]
             modalities = [_modality(m, i) for i, m in enumerate(_field(d, "modalities", list, "pack metadata"))]
             lineage = [_lineage(r, i) for i, r in enumerate(_field(d, "lineage", list, "pack metadata"))]
+            adapters = [_adapter(a, i, tasks) for i, a in enumerate(_field({"adapters": [], **d}, "adapters", list,
+                                                                            "pack metadata"))]
             shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
-            _check_pack_layout(shapes, len(tasks), len(modalities), path)
+            _check_pack_layout(shapes, len(tasks), len(modalities), {a.group for a in adapters}, path)
             tensors = {k: f.get_tensor(k) for k in shapes}
     except (SafetensorError, OSError, RuntimeError, ValueError) as e:
         raise TaskPackError(f"{path} is not a readable task pack (safetensors: {e}); is it truncated?") from None
@@ -230,7 +258,7 @@ def read_pack(path: str | os.PathLike) -> TaskPack:
         if t.dtype != torch.float32 or not bool(torch.isfinite(t).all()):
             raise TaskPackError(f"{path}: tensor {name!r} is not finite float32")
     pack = TaskPack(_field(d, "base_fingerprint", str, "pack metadata"), _field(d, "source", dict, "pack metadata"),
-                    tasks, modalities, lineage, tensors)
+                    tasks, modalities, lineage, tensors, adapters)
     _check_strings(pack, path)
     _check_modalities(tasks, modalities, tensors, path)
     return pack
@@ -270,9 +298,13 @@ def _check_modalities(tasks: list[TaskEntry], modalities: list[PackModality], te
             raise TaskPackError(f"{path}: the prior tokens of modality {m.entry.name!r} do not match their sha256")
 
 
-def _check_pack_layout(shapes: dict[str, tuple], num_tasks: int, num_modalities: int, path: Path) -> None:
-    """Pack tensors are model tensor names whose first dimension counts the pack's tasks or modalities."""
+def _check_pack_layout(shapes: dict[str, tuple], num_tasks: int, num_modalities: int, adapter_groups: set[str],
+                       path: Path) -> None:
+    """Pack tensors are model tensor names whose first dimension counts the pack's tasks or modalities, or tensors
+    of an adapter the metadata declares (their shapes are checked against the base on import)."""
     for name, shape in shapes.items():
+        if _adapter_group(name) in adapter_groups:
+            continue
         if not _is_pack_tensor(name):
             raise TaskPackError(f"{path}: unexpected tensor {shown(name)} in the pack")
         rows = num_tasks if name.endswith(TASK_TABLE_SUFFIX) else num_modalities
@@ -282,14 +314,18 @@ def _check_pack_layout(shapes: dict[str, tuple], num_tasks: int, num_modalities:
 
 # ---------------------------------------------------------------------------------------------------------- import
 def _check_fits(pack: TaskPack, config: HermesRConfig, path: Path) -> None:
-    """Every tensor a base's table has must be in the pack with the base's row shape."""
+    """Every tensor of the merged model's tables must be in the pack with its row shape, and every tensor of the
+    pack's adapters with its exact shape (``config``: the merged model's)."""
     expected = expected_shapes(config)
-    wanted = {k for k in expected if _is_pack_tensor(k)}
+    groups = {a.group for a in pack.adapters}
+    wanted = {k for k in expected if _is_pack_tensor(k) or _adapter_group(k) in groups}
     missing = sorted(wanted - set(pack.tensors))
     if missing:
         raise TaskPackError(f"{path}: tensor {missing[0]!r} is missing from the pack")
     for name, tensor in pack.tensors.items():
-        if name not in expected or tuple(tensor.shape[1:]) != expected[name][1:]:
+        whole = _adapter_group(name) is not None
+        shape = tuple(tensor.shape) if whole else tuple(tensor.shape[1:])
+        if name not in expected or shape != (expected[name] if whole else expected[name][1:]):
             raise TaskPackError(f"{path}: tensor {name!r} has shape {tuple(tensor.shape)}, which does not fit the "
                                 f"base model's {expected.get(name, '(no such tensor)')}")
 
@@ -337,28 +373,36 @@ def merge_pack(base: Manifest, state: dict[str, torch.Tensor], pack: TaskPack, p
     if pack.base_fingerprint != (have := compatibility_fingerprint(state)):
         raise TaskPackError(f"{path} was made for the base model with compatibility fingerprint "
                             f"{pack.base_fingerprint}, but this base model has {have}")
-    _check_fits(pack, base.config, path)
     _check_names(pack, base, path)
     modality_names, append = _modality_plan(pack, base, state, path)
     first_row, first_modality = base.config.num_task_rows, base.config.num_modalities
+    adapters = [replace(a, task_ids=tuple(first_row + k for k in a.task_ids)) for a in pack.adapters]
+    try:
+        config = base.config.with_changes(num_task_rows=first_row + len(pack.tasks),
+                                          num_modalities=first_modality + len(append),
+                                          adapters=[*base.config.adapters, *adapters])
+    except ValueError as e:
+        raise TaskPackError(f"{path}: the pack's adapters do not fit the base model: {e}") from None
+    _check_fits(pack, config, path)
     rows = torch.arange(len(pack.tasks))
     blocks = torch.tensor(append, dtype=torch.long)
     merged = dict(state)
     for name, tensor in pack.tensors.items():
+        if _adapter_group(name) is not None:
+            merged[name] = tensor
+            continue
         new = tensor[rows] if name.endswith(TASK_TABLE_SUFFIX) else tensor[blocks]
         merged[name] = torch.cat([state[name], new.to(state[name].dtype)], dim=0)
     new_modalities = [replace(pack.modalities[i].entry, id=first_modality + j) for j, i in enumerate(append)]
     tasks = [replace(t, id=first_row + k, modalities=[modality_names.get(m, m) for m in t.modalities])
              for k, t in enumerate(pack.tasks)]
-    config = HermesRConfig.from_dict({**base.config.to_dict(), "num_task_rows": first_row + len(tasks),
-                                      "num_modalities": first_modality + len(append)})
     intensity = {**base.preprocessing["intensity"], **{m.name: pack.modalities[i].intensity
                                                          for m, i in zip(new_modalities, append)}}
     record = LineageRecord(operation="import-task", parent=base.weights_sha256, tasks=[t.name for t in tasks],
                            datasets=sorted({d for r in pack.lineage for d in r.datasets}),
                            notes=f"from task pack {pack_name} (exported from {pack.source.get('name')!r}, weights "
                                  f"{str(pack.source.get('weights_sha256'))[:12]})")
-    manifest = replace(base, architecture={"name": "hermes-r", **config.to_dict()}, tasks=base.tasks + tasks,
+    manifest = replace(base, architecture=architecture_dict(config), tasks=base.tasks + tasks,
                        modalities=base.modalities + new_modalities,
                        preprocessing={**base.preprocessing, "intensity": intensity},
                        lineage=base.lineage + pack.lineage + [record], weights_sha256=None)

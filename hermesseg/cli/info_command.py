@@ -37,6 +37,11 @@ def run(args) -> int:
         tasks = [t for t in summary["tasks"] if t["group"] == group]
         print(f"  {group} [{', '.join(dict.fromkeys(m for t in tasks for m in t['modalities']))}]: "
               + ", ".join(t["name"] for t in tasks))
+    for adapter in summary["adapters"]:
+        size = sum(t.numel() for k, t in state.items() if k.startswith(f"adapters.{adapter['group']}."))
+        print(f"  adapter {adapter['group']}: {adapter['design']}, width {adapter['width']}, {adapter['levels']} "
+              f"levels, {adapter['blocks']} block(s) per level, {size:,} parameters; runs only for "
+              f"{', '.join(adapter['tasks'])}")
     print(f"identity: manifest {summary['manifest_sha256'][:12]}, weights {manifest.weights_sha256[:12]}")
     measured = [t for t in manifest.tasks if t.quality]
     print(f"measured quality: {len(measured)} of {len(manifest.tasks)} tasks have held-out Dice, "

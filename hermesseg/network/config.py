@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+import re
+from dataclasses import asdict, dataclass, field, fields
 
 # Width multipliers of the five resolution levels (1, 1/2, 1/4, 1/8, 1/16), capped at 10x base like nnU-Net.
 WIDTH_MULTIPLIERS = (1, 2, 4, 8, 10)
@@ -21,6 +22,59 @@ def patch_size_problem(patch_size) -> str | None:
                 f"1 per axis and 2 in all; use at least {TOTAL_STRIDE} voxels per axis and {2 * TOTAL_STRIDE} along "
                 f"one (multiples of {TOTAL_STRIDE} are best)")
     return None
+
+
+# An adapter's key is its group's name, which becomes a tensor-name component (``adapters.<group>.*``): the name rule
+# of ``hermesseg.names`` without '.', which torch module names cannot hold.
+_ADAPTER_GROUP = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
+ADAPTER_DESIGNS = ("residual-unet",)
+MAX_ADAPTER_LEVELS = 3  # the patch must keep >= 2 voxels at the adapter's coarsest level (48 -> 12 at 3 levels)
+
+
+@dataclass(frozen=True)
+class AdapterConfig:
+    """A group adapter (spec 4, ``add-task --mode adapter``; ``hermesseg.network.group_adapter``): weights of one
+    task group that run only when a query holds that group's task rows.
+
+    ``task_ids``: the group's rows, in the order of the adapter's output channels. ``width``: channels at full
+    resolution (doubled per level), ``levels``: resolution levels (1 = full resolution only), ``blocks``: residual
+    blocks per level.
+    """
+
+    group: str
+    task_ids: tuple[int, ...]
+    design: str = "residual-unet"
+    width: int = 8
+    levels: int = 3
+    blocks: int = 1
+
+    def __post_init__(self):
+        if not isinstance(self.group, str) or not _ADAPTER_GROUP.fullmatch(self.group):
+            raise ValueError(f"adapter group {self.group!r} is not a name of 1-64 ASCII letters, digits, '_' or '-'")
+        ids = self.task_ids
+        if not isinstance(ids, (list, tuple)) or not ids or not all(type(i) is int and i >= 0 for i in ids):
+            raise ValueError(f"adapter {self.group}: task_ids must be a non-empty list of row ids, got {ids!r}")
+        if len(set(ids)) != len(ids):
+            raise ValueError(f"adapter {self.group}: task_ids name a row twice")
+        object.__setattr__(self, "task_ids", tuple(ids))
+        if self.design not in ADAPTER_DESIGNS:
+            raise ValueError(f"adapter {self.group}: unknown design {self.design!r}; known: {ADAPTER_DESIGNS}")
+        for name, low, high in (("width", 1, 256), ("levels", 1, MAX_ADAPTER_LEVELS), ("blocks", 1, 8)):
+            value = getattr(self, name)
+            if type(value) is not int or not low <= value <= high:
+                raise ValueError(f"adapter {self.group}: {name} must be an integer in {low}..{high}, got {value!r}")
+
+    @classmethod
+    def from_dict(cls, d) -> "AdapterConfig":
+        if not isinstance(d, dict):
+            raise ValueError(f"an adapter entry must be an object, got {type(d).__name__}")
+        unknown = set(d) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown adapter keys: {sorted(unknown)}")
+        try:
+            return cls(**d)
+        except TypeError as e:
+            raise ValueError(f"malformed adapter entry: {e}") from None
 
 
 @dataclass(frozen=True)
@@ -47,6 +101,7 @@ class HermesRConfig:
     mlp_ratio: int = 4
     norm_eps: float = 1e-4
     mask_padding: bool = True
+    adapters: tuple[AdapterConfig, ...] = field(default=())
 
     def __post_init__(self):
         for name in ("encoder_blocks", "decoder_blocks", "fusion_depths"):
@@ -55,6 +110,11 @@ class HermesRConfig:
             raise ValueError("Hermes-R has 4 encoder stages, 4 decoder stages and 5 fusion layers")
         if self.base_channels < 1 or self.num_task_rows < 1 or self.num_modalities < 1:
             raise ValueError("base_channels, num_task_rows and num_modalities must be positive")
+        if not isinstance(self.adapters, (list, tuple)):
+            raise ValueError("adapters must be a list of adapter entries")
+        adapters = tuple(a if isinstance(a, AdapterConfig) else AdapterConfig.from_dict(a) for a in self.adapters)
+        object.__setattr__(self, "adapters", adapters)
+        check_adapters(adapters, self.num_task_rows)
 
     @property
     def widths(self) -> tuple[int, ...]:
@@ -71,11 +131,19 @@ class HermesRConfig:
         return sum(self.fusion_widths)
 
     def to_dict(self) -> dict:
+        """JSON-ready; ``adapters`` is left out when there is none, so models without adapters keep the manifest
+        text (and identity) they had before adapters existed."""
         d = asdict(self)
         for k, v in d.items():
             if isinstance(v, tuple):
                 d[k] = list(v)
+        d["adapters"] = [{**a, "task_ids": list(a["task_ids"])} for a in d["adapters"]]
+        if not d["adapters"]:
+            del d["adapters"]
         return d
+
+    def with_changes(self, **changes) -> "HermesRConfig":
+        return HermesRConfig.from_dict({**self.to_dict(), **changes})
 
     @classmethod
     def from_dict(cls, d: dict) -> "HermesRConfig":
@@ -84,3 +152,16 @@ class HermesRConfig:
         if unknown:
             raise ValueError(f"unknown architecture keys: {sorted(unknown)}")
         return cls(**d)
+
+
+def check_adapters(adapters: tuple[AdapterConfig, ...], num_task_rows: int) -> None:
+    """One adapter per group, each row served by at most one adapter, every row inside the task table."""
+    groups = [a.group for a in adapters]
+    if len(set(groups)) != len(groups):
+        raise ValueError(f"two adapters for one group ({', '.join(groups)})")
+    rows = [i for a in adapters for i in a.task_ids]
+    if len(set(rows)) != len(rows):
+        raise ValueError("a task row is served by two adapters")
+    outside = [i for i in rows if i >= num_task_rows]
+    if outside:
+        raise ValueError(f"adapter task row {outside[0]} is outside the task table (0..{num_task_rows - 1})")

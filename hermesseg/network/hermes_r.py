@@ -5,13 +5,13 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from .config import HermesRConfig
+from .config import AdapterConfig, HermesRConfig
+from .group_adapter import GroupAdapter, GroupAdapters
 from .heads import ModalityHead, TaskKernelHead
 from .prior_fusion import NULL_TASK, PriorFusionLayer
-from .residual_block import residual_stage
+from .residual_block import DownStage, Stem, UpStage
 
 
 class SharedFeatures(NamedTuple):
@@ -25,42 +25,6 @@ class SharedFeatures(NamedTuple):
     def repeat(self, times: int) -> "SharedFeatures":
         """The same features ``times`` times along the batch (query-major), for several queries per window."""
         return SharedFeatures(*(t.repeat(times, *([1] * (t.dim() - 1))) for t in self))
-
-
-class Stem(nn.Module):
-    """Plain 3x3x3 convolution (no norm, no bias) followed by residual blocks at full resolution."""
-
-    def __init__(self, in_channels: int, width: int, num_blocks: int, eps: float):
-        super().__init__()
-        self.conv = nn.Conv3d(in_channels, width, kernel_size=3, padding=1, bias=False)
-        self.blocks = residual_stage(width, width, num_blocks, eps)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.blocks(self.conv(x))
-
-
-class DownStage(nn.Module):
-    """Max-pool by 2, then residual blocks."""
-
-    def __init__(self, in_channels: int, out_channels: int, num_blocks: int, eps: float):
-        super().__init__()
-        self.pool = nn.MaxPool3d(2)
-        self.blocks = residual_stage(in_channels, out_channels, num_blocks, eps)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.blocks(self.pool(x))
-
-
-class UpStage(nn.Module):
-    """Trilinear upsampling to the skip's exact size (align_corners), concatenation [skip, up], residual blocks."""
-
-    def __init__(self, in_channels: int, skip_channels: int, out_channels: int, num_blocks: int, eps: float):
-        super().__init__()
-        self.blocks = residual_stage(in_channels + skip_channels, out_channels, num_blocks, eps)
-
-    def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
-        up = F.interpolate(x, size=skip.shape[2:], mode="trilinear", align_corners=True)
-        return self.blocks(torch.cat([skip, up], dim=1))
 
 
 class HermesR(nn.Module):
@@ -83,6 +47,7 @@ class HermesR(nn.Module):
             for width, depth in zip(c.fusion_widths, c.fusion_depths))
         self.task_head = TaskKernelHead(c.token_width, w[0])
         self.modality_head = ModalityHead(c.token_width, c.num_modalities)
+        self.adapters = GroupAdapters(c.adapters, w[0], eps)  # empty unless add-task --mode adapter made some
 
     @property
     def num_task_rows(self) -> int:
@@ -132,7 +97,10 @@ class HermesR(nn.Module):
         d0 = self.decoder[3](d1, f0)
         task_tokens = torch.cat([t2, t3, t4, t5, t6], dim=-1)
         modality_tokens = torch.cat([m2, m3, m4, m5, m6], dim=-1)
-        return self.task_head(task_tokens, d0), self.modality_head(modality_tokens)
+        logits = self.task_head(task_tokens, d0)
+        if len(self.adapters):  # only queries that hold an adapter's rows run through it
+            logits = self.adapters.correct(logits, task_ids, d0, f0)
+        return logits, self.modality_head(modality_tokens)
 
     @torch.no_grad()
     def append_task_rows(self, count: int, init_from: list[int] | None = None) -> list[int]:
@@ -170,6 +138,14 @@ class HermesR(nn.Module):
     def new_prior_parameters(self) -> list[nn.Parameter]:
         """The parameters ``add_new_rows`` created: all that add-task --mode priors trains."""
         return [p for layer in self.fusion for p in (layer.new_task_prior, layer.new_modality_prior) if p is not None]
+
+    def add_adapter(self, config: AdapterConfig) -> GroupAdapter:
+        """A new group adapter (``hermesseg.network.group_adapter``) for ``config.task_ids``; it starts as the
+        identity (zero last convolution). Returns it (its parameters are what add-task --mode adapter trains)."""
+        new = self.config.with_changes(adapters=[*self.config.adapters, config])
+        adapter = self.adapters.add(config, self.config.widths[0], self.config.norm_eps)
+        self.config = new
+        return adapter
 
     @torch.no_grad()
     def fold_new_rows(self) -> None:

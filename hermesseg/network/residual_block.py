@@ -1,8 +1,10 @@
-"""Pre-activation residual convolution blocks of the Hermes-R backbone (spec 1.1)."""
+"""Pre-activation residual convolution blocks and the resolution stages built from them (stem, pool + blocks,
+upsample + concatenate + blocks) of the Hermes-R backbone (spec 1.1) and its group adapters."""
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -37,3 +39,39 @@ def residual_stage(in_channels: int, out_channels: int, num_blocks: int, eps: fl
     """``num_blocks`` residual blocks, the first one changing the width."""
     blocks = [ResidualBlock(in_channels if i == 0 else out_channels, out_channels, eps) for i in range(num_blocks)]
     return nn.Sequential(*blocks)
+
+
+class Stem(nn.Module):
+    """Plain 3x3x3 convolution (no norm, no bias) followed by residual blocks at full resolution."""
+
+    def __init__(self, in_channels: int, width: int, num_blocks: int, eps: float):
+        super().__init__()
+        self.conv = nn.Conv3d(in_channels, width, kernel_size=3, padding=1, bias=False)
+        self.blocks = residual_stage(width, width, num_blocks, eps)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.blocks(self.conv(x))
+
+
+class DownStage(nn.Module):
+    """Max-pool by 2, then residual blocks."""
+
+    def __init__(self, in_channels: int, out_channels: int, num_blocks: int, eps: float):
+        super().__init__()
+        self.pool = nn.MaxPool3d(2)
+        self.blocks = residual_stage(in_channels, out_channels, num_blocks, eps)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.blocks(self.pool(x))
+
+
+class UpStage(nn.Module):
+    """Trilinear upsampling to the skip's exact size (align_corners), concatenation [skip, up], residual blocks."""
+
+    def __init__(self, in_channels: int, skip_channels: int, out_channels: int, num_blocks: int, eps: float):
+        super().__init__()
+        self.blocks = residual_stage(in_channels + skip_channels, out_channels, num_blocks, eps)
+
+    def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        up = F.interpolate(x, size=skip.shape[2:], mode="trilinear", align_corners=True)
+        return self.blocks(torch.cat([skip, up], dim=1))
