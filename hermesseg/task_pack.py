@@ -313,21 +313,24 @@ def _check_pack_layout(shapes: dict[str, tuple], num_tasks: int, num_modalities:
 
 
 # ---------------------------------------------------------------------------------------------------------- import
-def _check_fits(pack: TaskPack, config: HermesRConfig, path: Path) -> None:
-    """Every tensor of the merged model's tables must be in the pack with its row shape, and every tensor of the
-    pack's adapters with its exact shape (``config``: the merged model's)."""
-    expected = expected_shapes(config)
+def _check_fits(pack: TaskPack, base: HermesRConfig, merged: HermesRConfig, path: Path) -> None:
+    """Every tensor of the base's tables must be in the pack with the base's row shape, and every tensor of the
+    pack's adapters with the exact shape the merged model (``merged``) gives it."""
+    expected, grown = expected_shapes(base), expected_shapes(merged)
     groups = {a.group for a in pack.adapters}
-    wanted = {k for k in expected if _is_pack_tensor(k) or _adapter_group(k) in groups}
+    wanted = {k for k in expected if _is_pack_tensor(k)} | {k for k in grown if _adapter_group(k) in groups}
     missing = sorted(wanted - set(pack.tensors))
     if missing:
         raise TaskPackError(f"{path}: tensor {missing[0]!r} is missing from the pack")
     for name, tensor in pack.tensors.items():
-        whole = _adapter_group(name) is not None
-        shape = tuple(tensor.shape) if whole else tuple(tensor.shape[1:])
-        if name not in expected or shape != (expected[name] if whole else expected[name][1:]):
+        if _adapter_group(name) is not None:
+            fits, want = tuple(tensor.shape) == grown.get(name), grown.get(name, "(no such tensor)")
+        else:
+            want = expected.get(name, "(no such tensor)")
+            fits = name in expected and tuple(tensor.shape[1:]) == expected[name][1:]
+        if not fits:
             raise TaskPackError(f"{path}: tensor {name!r} has shape {tuple(tensor.shape)}, which does not fit the "
-                                f"base model's {expected.get(name, '(no such tensor)')}")
+                                f"base model's {want}")
 
 
 def _check_names(pack: TaskPack, base: Manifest, path: Path) -> None:
@@ -383,7 +386,7 @@ def merge_pack(base: Manifest, state: dict[str, torch.Tensor], pack: TaskPack, p
                                           adapters=[*base.config.adapters, *adapters])
     except ValueError as e:
         raise TaskPackError(f"{path}: the pack's adapters do not fit the base model: {e}") from None
-    _check_fits(pack, config, path)
+    _check_fits(pack, base.config, config, path)
     rows = torch.arange(len(pack.tasks))
     blocks = torch.tensor(append, dtype=torch.long)
     merged = dict(state)
