@@ -47,7 +47,8 @@ def acdc_run(tmp_path_factory):
     data = _subset(require(ACDC), root / "acdc3", list(ACDC_CASES), name="acdc3")
     out = root / "heart.safetensors"
     events = run_json(["add-task", str(require(BASE)), "--data", str(data), "-o", str(out), "--steps", "3",
-                       "--seed", "1", "--device", "cpu", "--init-from", "mr_abdomen_ts_liver"], root / "cache")
+                       "--seed", "1", "--device", "cpu", "--init-from", "mr_abdomen_ts_liver",
+                       "--mode", "priors"], root / "cache")
     return out, events, data
 
 

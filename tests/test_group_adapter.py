@@ -30,20 +30,13 @@ from hermesseg.task_pack import read_pack
 from hermesseg.training.forgetting import group_queries
 
 from paths import DATA, REPO, require
+from threads import one_torch_thread  # noqa: F401 (autouse fixture)
 
 BASE = REPO / "Resources" / "Models" / "hermes-mini.safetensors"
 ACDC = DATA / "mr_cine_heart_acdc"
 GROUP = "heart"
 TASKS = ["heart_right_ventricle", "heart_myocardium", "heart_left_ventricle"]
 CINE = {"scheme": "percentile_clip_zscore", "percentiles": [1.0, 99.0], "stats_region": "all"}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -4,18 +4,22 @@ from __future__ import annotations
 
 import sys
 
-from ..add_task_options import MODES
+from ..add_task_options import DEFAULT_MODE, MODES
 from .new_task_arguments import add_data_arguments, add_run_arguments, request_fields, run_cancellable
 
 
 def register(sub) -> None:
     p = sub.add_parser("add-task", help="teach a model new structures from a few annotated cases; every task it "
                                         "knew gives exactly the same result as before",
-                       description="Incremental learning (spec 4): only the new task rows of every prior table (and "
-                                   "a new modality block) are trained; the base model is never modified, every base "
-                                   "task is verified bit-identical before the new model is written.")
+                       description="Incremental learning (spec 4): the new task rows of every prior table (and a "
+                                   "new modality block) are trained, with --mode adapter (the default) also a small "
+                                   "adapter that only the new group's queries run through; the base model is never "
+                                   "modified, every base task is verified bit-identical before the new model is "
+                                   "written.")
     add_data_arguments(p)
-    p.add_argument("--mode", choices=MODES, default="priors", help="what is learned (default: priors)")
+    p.add_argument("--mode", choices=MODES, default=DEFAULT_MODE,
+                   help="what is learned: adapter = the new prior rows and a group adapter (more capacity, still "
+                        "zero forgetting), priors = the new prior rows only (default: %(default)s)")
     p.add_argument("--init-from", metavar="TASK", help="start the new rows from this base task (default: the base "
                                                        "task whose prediction overlaps the new label best)")
     add_run_arguments(p)

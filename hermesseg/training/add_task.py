@@ -9,7 +9,9 @@ A composition of the shared parts (``finetune`` is the other one):
    parameters, starting from ``--init-from`` or from the base task that overlaps the new label best;
 4. with 3 or more case groups, train on a seeded split, report Dice per new task on the held-out cases, then
    (unless ``--no-refit``) train again from the same start on all cases (``phase``); the loop's trainable-parameter
-   hook hands the optimiser the new rows only (``loop.new_prior_rows``);
+   hook hands the optimiser the new rows only (``loop.new_prior_rows``, ``--mode priors``) or the new rows and a
+   group adapter that only the new group's queries run through (``loop.new_rows_and_adapter``, ``--mode adapter``,
+   ``hermesseg.network.group_adapter``);
 5. fold the new rows into the saved tables, verify that every base task gives bit-identical logits
    (``forgetting``), write the model file atomically (``child_manifest``, ``save_model``).
 
@@ -24,14 +26,16 @@ from pathlib import Path
 
 import numpy as np
 
-from ..add_task_options import DEFAULT_SPLIT_GROUP_PATTERN, DEFAULT_STEPS, DEFAULT_TIME_LIMIT_S, MODES  # noqa: F401
+from ..add_task_options import (DEFAULT_MODE, DEFAULT_SPLIT_GROUP_PATTERN, DEFAULT_STEPS,  # noqa: F401
+                                DEFAULT_TIME_LIMIT_S, MODES)
 from ..errors import HermesError, QueryError
 from ..model_file import save_model
+from ..network.config import AdapterConfig
 from .child_manifest import child_manifest, run_details
 from .distributed import DistContext, pick_device
 from .forgetting import ForgettingCheckError, compare_parent_tasks
 from .held_out_training import planned_steps, train_held_out_then_refit
-from .loop import new_prior_rows
+from .loop import new_prior_rows, new_rows_and_adapter
 from .new_rows import folded_network, network_with_new_rows, plan_new_rows
 from .new_task_cases import held_out_note, held_out_split, holds_out, prepare_cases
 from .new_task_request import NewTaskData, NewTaskRequest, NewTaskResult, check_new_task_data, check_run_limits
@@ -41,6 +45,9 @@ from .sampling import Source
 
 CHECK_WINDOW = 32  # the forgetting check's window edge (voxels): bit-identity does not depend on the window size
 CHECK_STEPS = 12  # the check and the write take about as long as this many training steps (8 groups, 2 models)
+# --mode adapter's group adapter (hermesseg.network.group_adapter; chosen on ACDC, see README "Teaching a new
+# structure"): a 3-level residual U-Net, 8 channels at full resolution.
+ADAPTER = {"width": 8, "levels": 3, "blocks": 1}
 # The optimiser of the new rows (measured on ACDC from the default model; see README "Teaching a new structure").
 SETTINGS = {"lr": 1e-2, "weight_decay": 0.0, "warmup_iterations": 10, "batch_size": 2, "ema_decay": 0.98,
             "modality_loss_weight": 0.0, "num_workers": 0, "validate_every": 0}
@@ -48,7 +55,7 @@ SETTINGS = {"lr": 1e-2, "weight_decay": 0.0, "warmup_iterations": 10, "batch_siz
 
 @dataclass
 class AddTaskRequest(NewTaskRequest):
-    mode: str = "priors"
+    mode: str = DEFAULT_MODE
     init_from: str | None = None
 
 
@@ -66,6 +73,9 @@ def check_request(request: AddTaskRequest) -> NewTaskData:
     if request.init_from is not None and request.init_from not in {t.name for t in checked.base.manifest.tasks}:
         raise QueryError(f"--init-from {request.init_from!r}: the base model has no such task "
                          f"(see `hermesseg info BASE`)")
+    if request.mode == "adapter" and "." in checked.group:
+        raise QueryError(f"--mode adapter: group {checked.group!r} names the adapter's tensors "
+                         f"(adapters.<group>.*), which cannot hold '.'; choose another name with --group")
     return checked
 
 
@@ -81,11 +91,15 @@ def add_task(request: AddTaskRequest, progress=None) -> AddTaskResult:
     patch = cases.preprocessing.patch_size
     rows = plan_new_rows(checked, request.init_from, cases.first_phase, patch, ctx.device, clock)
     cfg = phase_config(SETTINGS, request.seed, request.steps, patch)
+    adapter = AdapterConfig(checked.group, tuple(rows.query), **ADAPTER) if request.mode == "adapter" else None
 
     def phase(phase_cases, stage: str, share: float):
         source = Source("new", 1.0, rows.query, rows.modality_id, phase_cases)
-        return train_phase(network_with_new_rows(base.network, rows, ctx.device), new_prior_rows, [source], cfg,
-                           clock, stage, clock.budget(share, CHECK_STEPS), ctx)
+        network, trainable = network_with_new_rows(base.network, rows, ctx.device), new_prior_rows
+        if adapter is not None:  # --mode adapter: the new rows and the new group's adapter train together
+            network.add_adapter(adapter)
+            trainable = new_rows_and_adapter
+        return train_phase(network, trainable, [source], cfg, clock, stage, clock.budget(share, CHECK_STEPS), ctx)
 
     trained = train_held_out_then_refit(phase, cases, rows, request.refit, ctx.device, clock)
     total_steps, held = trained.steps, trained.dice

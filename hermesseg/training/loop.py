@@ -59,6 +59,11 @@ def parameter_groups(chosen: list) -> list[dict]:
     return [g for g in chosen if g["params"]]
 
 
+def new_rows_and_adapter(network: HermesR) -> list[nn.Parameter]:
+    """add-task --mode adapter: the new prior rows and the new group's adapter (the only adapter at that point)."""
+    return network.new_prior_parameters() + list(network.adapters.parameters())
+
+
 @dataclass
 class Optimisation:
     optimizer: torch.optim.Optimizer

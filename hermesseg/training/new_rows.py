@@ -1,10 +1,10 @@
 """The new tasks' rows (spec 4): where they start, the network that trains them, and the folded result.
 
 Each new task gets one row in every task table, a copy of ``--init-from``'s rows or of the base task that overlaps
-its label best (``init_choice``); a new modality gets one block in every modality table, a copy of the block of the
-modality the first new row came from. The rows are separate parameters while training (``HermesR.add_new_rows``),
-so the loop can train them alone (add-task) or with everything else (finetune); ``folded_network`` appends them to
-the tables, the saved layout.
+its label best (``init_choice``); a new modality gets one block in every modality table, a copy of the block of a
+base modality of the same kind (``modality_to_copy``: MR-cine starts from an MR block, never from CT). The rows
+are separate parameters while training (``HermesR.add_new_rows``), so the loop can train them alone (add-task) or
+with everything else (finetune); ``folded_network`` appends them to the tables, the saved layout.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..modalities import modality_entry
 from ..network import NULL_TASK, HermesR
 from .cache import CachedCase
 from .init_choice import InitChoice, best_overlap
@@ -48,12 +49,26 @@ def plan_new_rows(checked: NewTaskData, init_from: str | None, cases: list[Cache
         clock.event("init", "scoring the base tasks' overlap with the new labels")
         choices = best_overlap(net, manifest, cases[:MAX_INIT_CASES], list(range(1, len(names) + 1)), patch_size,
                                device)
-    modality_init = [manifest.modality(by_name[choices[0].task].modalities[0]).id] if checked.new_modality else []
+    modality_init = ([modality_to_copy(manifest, checked.modality, by_name[choices[0].task].modalities[0]).id]
+                     if checked.new_modality else [])
     first = net.num_task_rows
     modality_id = len(manifest.modalities) if checked.new_modality else manifest.modality(checked.modality).id
     init = {n: {"from": c.task, "reason": c.reason, "soft_dice": c.soft_dice} for n, c in zip(names, choices)}
     return NewRows(names, [by_name[c.task].id for c in choices], modality_init,
                    list(range(first, first + len(names))), modality_id, init)
+
+
+def modality_to_copy(manifest, new_modality: str, init_modality: str):
+    """The base modality whose block a new modality's block starts from (spec 4, "New modality"): the first new
+    row's own modality when it is of the new modality's imaging kind (the DICOM Modality its name suggests:
+    MR-cine -> MR), else the base modality named like that kind ("MR"), else the first of that kind; the row's own
+    when the base has none of that kind."""
+    kind = {k.upper() for k in modality_entry(0, new_modality).dicom}
+    same = [m for m in manifest.modalities if kind & {k.upper() for k in m.dicom}]
+    own = manifest.modality(init_modality)
+    if own in same or not same:
+        return own
+    return next((m for m in same if m.name.upper() in kind), same[0])
 
 
 def network_with_new_rows(base: HermesR, rows: NewRows, device: torch.device) -> HermesR:
