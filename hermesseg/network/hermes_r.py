@@ -139,11 +139,16 @@ class HermesR(nn.Module):
         """The parameters ``add_new_rows`` created: all that add-task --mode priors trains."""
         return [p for layer in self.fusion for p in (layer.new_task_prior, layer.new_modality_prior) if p is not None]
 
-    def add_adapter(self, config: AdapterConfig) -> GroupAdapter:
-        """A new group adapter (``hermesseg.network.group_adapter``) for ``config.task_ids``; it starts as the
-        identity (zero last convolution). Returns it (its parameters are what add-task --mode adapter trains)."""
+    def add_adapter(self, config: AdapterConfig, seed: int = 0) -> GroupAdapter:
+        """A new group adapter (``hermesseg.network.group_adapter``) for ``config.task_ids``, on the network's
+        device; it starts as the identity (zero last convolution), its other weights drawn from ``seed`` alone (the
+        global random state is left as it was), so a training run is a function of its seed. Returns it (its
+        parameters are what add-task --mode adapter trains)."""
         new = self.config.with_changes(adapters=[*self.config.adapters, config])
-        adapter = self.adapters.add(config, self.config.widths[0], self.config.norm_eps)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            adapter = self.adapters.add(config, self.config.widths[0], self.config.norm_eps)
+        adapter.to(self.task_head.norm.weight.device)
         self.config = new
         return adapter
 

@@ -97,7 +97,7 @@ def add_task(request: AddTaskRequest, progress=None) -> AddTaskResult:
         source = Source("new", 1.0, rows.query, rows.modality_id, phase_cases)
         network, trainable = network_with_new_rows(base.network, rows, ctx.device), new_prior_rows
         if adapter is not None:  # --mode adapter: the new rows and the new group's adapter train together
-            network.add_adapter(adapter)
+            network.add_adapter(adapter, request.seed)
             trainable = new_rows_and_adapter
         return train_phase(network, trainable, [source], cfg, clock, stage, clock.budget(share, CHECK_STEPS), ctx)
 
