@@ -121,9 +121,10 @@ def test_segment_imports_named_coloured_segments_on_the_volume_geometry(model, i
     logic.modelInfo(model)  # cached: the import re-applies colours/terminology from the task table
     progress, finished, log = [], [], []
 
+    # base8 (a conformance checkpoint) is unconfident on this CT: draw its masks anyway, to check their import.
     job = logic.segment(volume, "CT", CT_TASKS, modelPath=model, device="cpu", fast=True, waitForCompletion=True,
                         onProgress=lambda f, m, s: progress.append((f, s)), onFinished=finished.append,
-                        onLog=log.append)
+                        onLog=log.append, extraArgs=["--keep-unconfident"])
 
     assert job.state == JobState.SUCCEEDED, job.errorMessage
     assert finished == [job] and not logic.isRunning
@@ -245,6 +246,24 @@ def test_failing_process_reports_its_error_and_imports_nothing(model):
     assert job.segmentationNode is None and not job.tempFolder.exists()
     assert scene_snapshot(scene) == before
     assert not logic.isRunning
+
+
+def test_a_structure_not_found_is_reported_with_its_reason_in_the_log():
+    """The default model on an abdominal CT, asked for the brain: its mask is unconfident, so nothing is imported and
+    the job says why (the same line is in the log, from the engine's progress)."""
+    scene = new_scene()
+    volume = load_volume(scene, CT_IMAGE)
+    before = scene_snapshot(scene)
+    finished, log = [], []
+    with pytest.raises(HermesSegmentationError, match=r"^not found in this image: ct_body_tsdataset_brain "
+                                                      r"\(not confident: mean probability 0\.\d\d"):
+        HermesSegmentationLogic(scene).segment(volume, "CT", ["ct_body_tsdataset_brain"],
+                                               modelPath=models.defaultModelPath(), device="cpu",
+                                               waitForCompletion=True, onFinished=finished.append, onLog=log.append)
+    assert finished[0].state == JobState.FAILED and finished[0].segmentationNode is None
+    assert any(line.startswith("[write] not found in this image: ct_body_tsdataset_brain (not confident")
+               for line in log), log
+    assert scene_snapshot(scene) == before
 
 
 def test_corrupt_model_error_arrives_through_the_callback(tmp_path):

@@ -117,6 +117,11 @@ class SegmentationJob(EngineJob):
         if self.volumeNode.GetScene() is None:
             self._finish(JobState.FAILED, error="the input volume was removed from the scene during segmentation")
             return
+        reasons = {n: r for o in run.outputs for n, r in o.get("not_found_reasons", {}).items()}
+        if reasons and not any(o.get("found") for o in run.outputs):  # nothing to import: say why, not "no segment"
+            self._finish(JobState.FAILED, error="not found in this image: "
+                         + "; ".join(f"{n} ({r})" for n, r in reasons.items()))
+            return
         try:
             self.segmentationNode = importSegmentation(
                 self.logic.scene, self._segmentationFile(), self.volumeNode,

@@ -15,9 +15,10 @@ DESCRIPTION = """\
 Segment each INPUT with a Hermes model and write OUTDIR/<input>.seg.nrrd (one segment per task, for 3D Slicer).
 
 Each selected task runs inside the task group it was trained with, so its mask does not depend on which other tasks
-you picked. A task whose probability never reaches 0.5 anywhere gets no segment: it is reported as "not found in this
-image" (on stderr, and as "not_found" in the --progress json "done" event). Re-running into the same OUTDIR replaces
-an input's outputs as a whole.
+you picked. A task whose probability never reaches 0.5 anywhere, or whose mask the model's own evidence does not
+support (scattered pieces, low confidence, outside the body), gets no segment: it is reported as "not found in this
+image" with the reason (on stderr, and as "not_found" / "not_found_reasons" in the --progress json "done" event).
+Re-running into the same OUTDIR replaces an input's outputs as a whole.
 
 Speed: the number of windows per forward pass and of CPU threads is measured once per device and model shape (a few
 seconds on the first run, cached; see HERMESSEG_CACHE) unless --batch-size / --threads are given."""
@@ -48,6 +49,9 @@ def register(sub) -> None:
     p.add_argument("--batch-size", type=int, help="windows per forward pass (default: measured for the device)")
     p.add_argument("--threads", type=int, help="CPU threads for the network (default: measured for the device)")
     p.add_argument("--largest-component", action="store_true", help="keep each task's largest connected component")
+    p.add_argument("--keep-unconfident", action="store_true",
+                   help="draw every mask that reaches 0.5, also those reported as not found because the mask is "
+                        "not confident or scattered")
     p.add_argument("--nifti", action="store_true", help="also write OUTDIR/<input>/<task>.nii.gz binary masks")
     p.add_argument("--probabilities", action="store_true",
                    help="also write OUTDIR/<input>/<task>_probability.nii.gz float probability maps")
@@ -72,9 +76,10 @@ def run(args) -> int:
     # Imported here so that `hermesseg --help` does not load torch.
     from ..imageio import expand_inputs
     from ..inference.cancel import cancel_on_signals
+    from ..inference.found_rule import DEFAULT_RULE, NO_RULE
     from ..inference.outputs import check_writable
     from ..inference.pipeline import InferenceOptions
-    from ..inference.segment_job import SegmentRequest, segment_inputs
+    from ..inference.segment_job import SegmentRequest, not_found_text, segment_inputs
     from ..model import load_model
     from ..progress import Progress
 
@@ -98,7 +103,8 @@ def run(args) -> int:
                                      args.probabilities,
                                      InferenceOptions(fast=args.fast, overlap=args.overlap,
                                                       batch_size=args.batch_size, threads=args.threads,
-                                                      largest_component=args.largest_component))
+                                                      largest_component=args.largest_component,
+                                                      found_rule=NO_RULE if args.keep_unconfident else DEFAULT_RULE))
             outputs = segment_inputs(model, request, progress)
     except (HermesError, OSError) as e:
         progress.error(os_error_message(e) if isinstance(e, OSError) else str(e))
@@ -110,5 +116,5 @@ def run(args) -> int:
         for o in outputs:
             print(o["segmentation"], file=sys.stderr)
             if o["not_found"]:
-                print(f"{o['input']}: not found in this image: {', '.join(o['not_found'])}", file=sys.stderr)
+                print(f"{o['input']}: not found in this image:\n  " + not_found_text(o, "\n  "), file=sys.stderr)
     return 0

@@ -4,7 +4,8 @@ Each task's probability is resampled back (linear) and thresholded on the input 
 box where the probability reaches the threshold on the model grid, plus one model voxel (linear interpolation reads
 the 8 surrounding voxels, so no input voxel outside can reach the threshold), is resampled: the cost follows the size
 of the structure, not of the input, and a task that never reaches the threshold is "not found" without any
-resampling. Everything runs in torch on the device that holds the probabilities; only the boxed masks (and, when
+resampling. A mask that reaches the threshold is drawn only when its evidence passes ``options.found_rule``
+(``found_rule.py``); otherwise the task is not found, with the rule's reason. Everything runs in torch on the device that holds the probabilities; only the boxed masks (and, when
 asked for, whole probability maps) come back to the host.
 """
 
@@ -19,6 +20,7 @@ import torch
 from ..manifest import TaskEntry
 from ..masks import Box, bounding_box, largest_component
 from ..preprocessing import InputGridSampler
+from .found_rule import Evidence, task_evidence
 from .pipeline import INFER_END, ModelSpacePrediction
 
 INPUT_GRID_SHARE = (INFER_END, 0.97)  # progress of one input spent here; writing the files takes the rest
@@ -27,12 +29,15 @@ _INTERPOLATION_MARGIN = 1  # model voxels
 
 @dataclass
 class TaskOnInputGrid:
-    """One task on the input grid: its mask inside ``box`` (z, y, x), or not found (``box`` None, empty mask)."""
+    """One task on the input grid: its mask inside ``box`` (z, y, x), or not found (``box`` None, empty mask, and
+    ``reason`` says why)."""
 
     task: TaskEntry
     box: Box | None
     mask: np.ndarray  # uint8, box-shaped
     probability: np.ndarray | None = None  # float32 on the whole input grid, when asked for
+    evidence: Evidence | None = None  # on the model grid
+    reason: str | None = None  # why it is not found
 
     @property
     def found(self) -> bool:
@@ -52,16 +57,22 @@ def on_input_grid(prediction: ModelSpacePrediction, probabilities: bool = False,
     sampler = InputGridSampler(prediction.model_grid, prediction.input_image)
     lo, hi = INPUT_GRID_SHARE
     n = len(prediction.tasks)
+    spacing = prediction.model_grid.GetSpacing()
     for t, task in enumerate(prediction.tasks):
         channel = prediction.probabilities_tensor[t]
+        evidence = task_evidence(channel, options.threshold, spacing, prediction.body_mask)
+        reason = options.found_rule.reason(evidence, options.threshold)
         whole = sampler.sample(channel) if probabilities or not options.crop_resample else None
-        if options.crop_resample:
+        if reason is not None:
+            mask, box = np.zeros((0, 0, 0), dtype=bool), None
+        elif options.crop_resample:
             mask, box = _boxed_mask(sampler, channel, options.threshold)
         else:
             mask, box = (whole >= options.threshold).cpu().numpy(), tuple(slice(0, s) for s in sampler.input_shape)
         tight = bounding_box(mask) if mask.any() else None
         if tight is None:
-            result = TaskOnInputGrid(task, None, np.zeros((0, 0, 0), np.uint8))
+            reason = reason or f"the probability reaches {options.threshold:g} on no voxel of the input grid"
+            result = TaskOnInputGrid(task, None, np.zeros((0, 0, 0), np.uint8), reason=reason)
         else:
             mask = mask[tight]
             if options.largest_component:
@@ -71,6 +82,7 @@ def on_input_grid(prediction: ModelSpacePrediction, probabilities: bool = False,
                                                   for a, b in zip(tight, tight2))
             result = TaskOnInputGrid(task, tuple(slice(b.start + s.start, b.start + s.stop)
                                                  for b, s in zip(box, tight)), mask.astype(np.uint8))
+        result.evidence = evidence
         if whole is not None and probabilities:
             result.probability = whole.cpu().numpy()
         if report is not None:

@@ -19,6 +19,7 @@ from ..masks import bounding_box
 from ..model import HermesModel
 from ..preprocessing import Preprocessing, body_mask, normalize_intensity, to_model_grid
 from .execution import ExecutionPlan, choose_execution
+from .found_rule import DEFAULT_RULE, FoundRule
 from .query_plan import plan_queries
 from .sliding_window import count_windows, sliding_window_queries
 
@@ -42,6 +43,7 @@ class InferenceOptions:
     crop_to_body: bool = True  # skip the air around the patient (the reference trained on body-cropped volumes)
     share_encoder: bool = True  # one encoder pass per window for all task groups (sliding_window.window_predictor)
     crop_resample: bool = True  # go back to the input grid only inside each task's box (input_grid.py)
+    found_rule: FoundRule = DEFAULT_RULE  # when a mask reaching the threshold still counts as not found (found_rule.py)
 
     @classmethod
     def baseline(cls, **changes) -> "InferenceOptions":
@@ -66,6 +68,7 @@ class ModelSpacePrediction:
     input_image: sitk.Image
     options: InferenceOptions = field(default_factory=InferenceOptions)
     execution: ExecutionPlan | None = None
+    body_mask: np.ndarray | None = None  # bool (z, y, x) on the model grid, where preprocessing found the patient
 
     @property
     def probabilities(self) -> np.ndarray:
@@ -102,7 +105,7 @@ def predict(model: HermesModel, image: sitk.Image, tasks: list[TaskEntry], modal
     full = tuple(slice(0, n) for n in raw.shape)
     box = (bounding_box(body, BODY_MARGIN) or full) if options.crop_to_body else full
     tensor = torch.from_numpy(normalize_intensity(raw, norm, body)[box].copy())
-    del raw, body
+    del raw
     report("preprocess", PREP_END, "preprocessed")
 
     roi = pre.patch_size
@@ -135,7 +138,7 @@ def predict(model: HermesModel, image: sitk.Image, tasks: list[TaskEntry], modal
     out[(order, *box)] = probs
     del probs
     report("inference", INFER_END, "inference finished")
-    return ModelSpacePrediction(tasks, out, grid, image, options, plan)
+    return ModelSpacePrediction(tasks, out, grid, image, options, plan, body)
 
 
 def raw_shape(grid: sitk.Image) -> tuple[int, int, int]:

@@ -2,8 +2,9 @@
 
 Each input's outputs replace the previous run's as a whole: the ``.seg.nrrd`` and the ``OUTDIR/<input>/`` folder of
 NIfTI maps (replaced when asked for again, removed when this run does not write one), so no stale mask of an earlier
-run stays beside a new segmentation. A task whose probability never reaches the threshold gets no segment and no
-mask: it is listed as not found.
+run stays beside a new segmentation. A task whose probability never reaches the threshold, or whose mask the
+found rule rejects (``found_rule.py``: scattered, unconfident, outside the body), gets no segment and no mask: it is
+listed as not found, with its reason.
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ def segment_inputs(model: HermesModel, request: SegmentRequest, progress: Progre
         prediction = predict(model, loaded.image, tasks, modality, request.options, report)
         record = _write(model, prediction, path, request, report, modality)
         if record["not_found"]:
-            report("write", 1.0, "not found in this image: " + ", ".join(record["not_found"]))
+            report("write", 1.0, "not found in this image: " + not_found_text(record, "; "))
         outputs.append(record)
     return outputs
 
@@ -65,7 +66,8 @@ def _write(model: HermesModel, prediction, path: Path, request: SegmentRequest, 
     maps_dir = child_path(request.output_dir, stem)
     writer = SegmentationWriter(prediction.input_image)
     record = {"input": str(path), "modality": modality, "segmentation": str(seg_path), "masks": [],
-              "probabilities": [], "tasks": [t.name for t in prediction.tasks], "found": [], "not_found": []}
+              "probabilities": [], "tasks": [t.name for t in prediction.tasks], "found": [], "not_found": [],
+              "not_found_reasons": {}}
     extra = request.nifti or request.probabilities
     if extra:  # every map's name is checked before anything is written, found or not
         for t in prediction.tasks:
@@ -76,6 +78,8 @@ def _write(model: HermesModel, prediction, path: Path, request: SegmentRequest, 
         for result in on_input_grid(prediction, request.probabilities, report):
             task = result.task
             record["found" if result.found else "not_found"].append(task.name)
+            if not result.found:
+                record["not_found_reasons"][task.name] = result.reason
             if result.found:
                 writer.add(task, result.mask, result.box)
                 if request.nifti:
@@ -92,6 +96,11 @@ def _write(model: HermesModel, prediction, path: Path, request: SegmentRequest, 
         _remove_stale_maps(model, maps_dir)
     report("write", 1.0, f"wrote {seg_path.name}")
     return record
+
+
+def not_found_text(record: dict, separator: str) -> str:
+    """``task (reason)`` for each task of an output record that was not found, joined by ``separator``."""
+    return separator.join(f"{name} ({record['not_found_reasons'][name]})" for name in record["not_found"])
 
 
 def _remove_stale_maps(model: HermesModel, folder: Path) -> None:
