@@ -8,6 +8,7 @@ import SimpleITK as sitk
 import torch
 
 from hermesseg.imageio import read_image
+from hermesseg.inference.found_rule import NO_RULE
 from hermesseg.inference.input_grid import on_input_grid
 from hermesseg.inference.pipeline import InferenceOptions, ModelSpacePrediction
 from hermesseg.manifest import TaskEntry
@@ -39,7 +40,8 @@ def test_boxed_masks_equal_whole_volume_masks(name):
     probs = np.concatenate([probs, np.full((1, *shape), 0.3, np.float32)])  # a task that is never found
     tasks = [_task(i) for i in range(len(probs))]
     whole = resample_to_input(probs, grid, image) >= 0.5
-    prediction = ModelSpacePrediction(tasks, torch.from_numpy(probs), grid, image, InferenceOptions())
+    # Smooth blobs are not confident masks: draw every mask that reaches the threshold (the rule: test_found_rule.py).
+    prediction = ModelSpacePrediction(tasks, torch.from_numpy(probs), grid, image, InferenceOptions(found_rule=NO_RULE))
     results = list(on_input_grid(prediction))
     for t, result in enumerate(results[:3]):
         assert result.found and whole[t].any()
