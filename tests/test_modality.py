@@ -140,3 +140,20 @@ def test_readme_main_job_brain_on_the_template_sample(samples, tmp_path):
         DATA / "mr_brain_tissue_mni" / "labelsTr" / "mni152_2009a_sym.nii.gz")))) > 0  # the same image
     mask = seg["voxels"].transpose(2, 1, 0) > 0
     assert 2 * (mask & truth).sum() / (mask.sum() + truth.sum()) > 0.8
+
+
+def test_accuracy_benchmark_on_one_image_per_modality(model):
+    """benchmarks/modality_accuracy.py on the first image of each shared dataset: CT always right, MR never
+    mistaken for CT nor given a wrong sequence (left open for the user when intensities cannot tell)."""
+    import importlib.util
+
+    from paths import REPO
+
+    spec = importlib.util.spec_from_file_location("modality_accuracy", REPO / "benchmarks" / "modality_accuracy.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    rows = bench.measure(model, list(bench.shared_images(require(DATA), limit=1)))
+    assert len(rows) == 13
+    assert {r["outcome"] for r in rows if r["truth"] == "CT"} == {"right"}
+    assert all(r["outcome"] in ("right", "open") for r in rows), [r for r in rows if r["outcome"] == "wrong"]
+    assert all(r["remaining"] == ["MR", "MR-T1", "MR-T1c"] for r in rows if r["truth"] != "CT")
