@@ -37,6 +37,7 @@ from HermesTrainingLib.logic import (  # noqa: E402
     HermesTrainingLogic,
     TrainingCancelledError,
 )
+from HermesTrainingLib.packs import PackError  # noqa: E402
 from test_slicer_training_export import load_segmentation, load_volume  # noqa: E402
 
 vtk.vtkObject.GlobalWarningDisplayOff()
@@ -129,6 +130,23 @@ def test_add_structure_registers_a_model_that_segments_it(models_folder, tmp_pat
         logic.train(pairs, ["Brain tissue"], job.modelPath, "MR-T1", steps=5, device="cpu", waitForCompletion=True)
     assert sorted(p.name for p in models_folder.iterdir()) == [job.modelPath.name]
 
+    # the model list's task-pack actions: the taught structure exported (no image in it), then imported into the base
+    pack = tmp_path / "brain-tissue.safetensors"
+    ended = []
+    logic.exportTaskPack(job.modelPath, new, pack, onFinished=lambda path, error: ended.append((path, error)),
+                         waitForCompletion=True)
+    assert ended == [(pack, None)] and 0 < pack.stat().st_size < job.modelPath.stat().st_size / 10
+    logic.importTaskPack(DEFAULT_MODEL, pack, onFinished=lambda path, error: ended.append((path, error)),
+                         waitForCompletion=True)
+    imported = models_folder / "hermes-mini+brain-tissue.safetensors"
+    assert ended[-1] == (imported, None)
+    imported_task = next(t for t in logic.modelInfo(imported)["tasks"] if t["name"] == new[0])
+    assert imported_task == task  # name, display name, colour, modality and terminology travel with the pack
+    with pytest.raises(PackError, match="is a model file, not a task pack"):
+        logic.importTaskPack(DEFAULT_MODEL, DEFAULT_MODEL, output=tmp_path / "never.safetensors",
+                             waitForCompletion=True)
+    assert not (tmp_path / "never.safetensors").exists()
+
 
 def test_cancel_mid_run_writes_no_model_and_removes_the_dataset(models_folder, tmp_path):
     require(DEFAULT_MODEL)
@@ -162,8 +180,12 @@ def test_bad_requests_are_refused_before_anything_runs(models_folder, tmp_path):
         logic.train(pairs, ["Brain tissue"], DEFAULT_MODEL, "")
     with pytest.raises(TrainingInputError, match="replace its base model"):
         logic.train(pairs, ["Brain tissue"], DEFAULT_MODEL, "MR-T1", outputPath=DEFAULT_MODEL)
-    with pytest.raises(TrainingInputError, match="unknown training mode 'finetune'"):
-        logic.train(pairs, ["Brain tissue"], DEFAULT_MODEL, "MR-T1", mode="finetune")
+    with pytest.raises(TrainingInputError, match="unknown training mode 'refine'; choose one of add, finetune, train"):
+        logic.train(pairs, ["Brain tissue"], DEFAULT_MODEL, "MR-T1", mode="refine")
+    with pytest.raises(TrainingInputError, match="unknown add-task mode 'lora'; choose one of priors, adapter"):
+        logic.train(pairs, ["Brain tissue"], DEFAULT_MODEL, "MR-T1", addMode="lora")
+    with pytest.raises(TrainingInputError, match="choose the base model"):
+        logic.train(pairs, ["Brain tissue"], None, "MR-T1", mode="finetune")
     bogus = tmp_path / "bogus.safetensors"
     bogus.write_bytes(b"not a model")
     with pytest.raises(HermesTrainingError, match="bogus.safetensors") as failed:
