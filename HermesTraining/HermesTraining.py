@@ -34,6 +34,7 @@ from HermesTrainingLib.cases import TrainingInputError  # first: it makes Hermes
 from HermesLib import MODULES as SHARED_MODULES
 from HermesLib import dependencies as hermesDependencies
 from HermesLib import models as hermesModels
+from HermesLib.engine import EngineNotFoundError
 from HermesLib.widget import JobWidgetMixin
 from HermesSegmentationLib.modality import suggestModality
 from HermesTrainingLib.chart import TrainingChart
@@ -46,14 +47,16 @@ LIB_MODULES = (
     "HermesTrainingLib.dataset_export",
     "HermesTrainingLib.chart",
     "HermesTrainingLib.packs",
+    "HermesTrainingLib.forgetting",
     "HermesTrainingLib.logic",
 )
 
-# Only what the engine can do today: `hermesseg finetune` and add-task's adapter mode are not implemented yet, so they
-# are not offered (an option that fails on every click is worse than none).
+# The choices; only those the installed engine has are offered (HermesTrainingLib.logic.availableModes).
 MODES = (("add", "Add structures (frozen base, nothing forgotten)"),
+         ("finetune", "Fine-tune (all weights; forgetting is measured)"),
          ("train", "Train new model (these cases only)"))
-KINDS = (("priors", "Priors (new prior tokens only)"),)
+ADD_MODES = (("priors", "Priors (new prior tokens only)"),
+             ("adapter", "Adapter (prior tokens + the group's adapter weights)"))
 DEVICES = (("auto", "Auto (GPU if available)"), ("gpu", "GPU"), ("cpu", "CPU"))
 
 
@@ -109,10 +112,16 @@ class HermesTrainingWidget(JobWidgetMixin, ScriptedLoadableModuleWidget, VTKObse
 
         self.ui.pairsTableWidget.setHorizontalHeaderLabels([_("Volume"), _("Segmentation"), _("Segments")])
         self.ui.pairsTableWidget.horizontalHeader().setStretchLastSection(True)
-        for combo, items in ((self.ui.modeComboBox, MODES), (self.ui.kindComboBox, KINDS),
-                             (self.ui.deviceComboBox, DEVICES)):
+        self.ui.forgettingTableWidget.setHorizontalHeaderLabels([_("Structure"), _("Dice before"), _("Dice after"),
+                                                                 _("Change")])
+        self.ui.forgettingTableWidget.setVisible(False)
+        modes, addModes = self.logic.availableChoices()
+        for combo, items, available in ((self.ui.modeComboBox, MODES, modes),
+                                        (self.ui.addModeComboBox, ADD_MODES, addModes),
+                                        (self.ui.deviceComboBox, DEVICES, None)):
             for value, label in items:
-                combo.addItem(_(label), value)
+                if available is None or value in available:
+                    combo.addItem(_(label), value)
         self.ui.progressBar.setVisible(False)
 
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
@@ -206,7 +215,7 @@ class HermesTrainingWidget(JobWidgetMixin, ScriptedLoadableModuleWidget, VTKObse
         info = self.baseModelInfo() if self.currentBaseModel() else None
         modality = self.ui.modalityComboBox.currentText.strip()
         known = [m["name"] for m in (info or {}).get("modalities", [])]
-        if modality and info is not None and modality not in known and self.currentMode() == "add":
+        if modality and info is not None and modality not in known and self.currentMode() != "train":
             self.ui.modalityHintLabel.text = _("'{name}' is new to this model: a modality prior is learned with the "
                                                "new structures.").format(name=modality)
         self.updateButtons()
@@ -278,9 +287,12 @@ class HermesTrainingWidget(JobWidgetMixin, ScriptedLoadableModuleWidget, VTKObse
 
     def onModeChanged(self, index=None) -> None:
         mode = self.currentMode()
-        self.ui.kindComboBox.enabled = mode == "add"
+        self.ui.addModeComboBox.enabled = mode == "add"
+        self.ui.replayLineEdit.enabled = mode == "finetune"
         self.ui.modeHintLabel.text = {
             "add": _("The base model is frozen: every structure it knew gives exactly the same result."),
+            "finetune": _("All weights train, so structures the model knew may change: when it ends, their Dice "
+                          "before and after is shown."),
             "train": _("A new model that knows only these structures."),
         }[mode]
         self.updateModalityHint()
@@ -309,6 +321,12 @@ class HermesTrainingWidget(JobWidgetMixin, ScriptedLoadableModuleWidget, VTKObse
                           else _("To train: {what}.").format(what=", ".join(missing)))
         self.ui.segmentWithNewModelButton.enabled = self._lastModel is not None and not self.isBusy()
 
+    def replayFolders(self) -> list:
+        """Fine-tune's replay datasets (folders separated by ';'); none for the other modes."""
+        if self.currentMode() != "finetune":
+            return []
+        return [f.strip() for f in self.ui.replayLineEdit.text.split(";") if f.strip()]
+
     def onTrainButton(self) -> None:
         if self.isBusy():
             self.setStatus(_("Cancelling..."))
@@ -325,12 +343,13 @@ class HermesTrainingWidget(JobWidgetMixin, ScriptedLoadableModuleWidget, VTKObse
             self._job = self.logic.train(
                 self._pairs, self.selectedSegments(), self.currentBaseModel() or None,
                 self.ui.modalityComboBox.currentText.strip(), mode=self.currentMode(),
-                kind=self.ui.kindComboBox.currentData, steps=self.ui.stepsSpinBox.value or None,
+                addMode=self.ui.addModeComboBox.currentData or "priors", steps=self.ui.stepsSpinBox.value or None,
                 timeLimit=60.0 * minutes if minutes else None, device=self.ui.deviceComboBox.currentData,
                 seed=self.ui.seedSpinBox.value, keepDataset=self.ui.keepDatasetCheckBox.checked,
+                replay=self.replayFolders(),
                 onProgress=self.onTrainingProgress, onLog=self.addLog, onFinished=self.onTrainingFinished,
                 chart=self._chart)
-        except (TrainingInputError, HermesTrainingError, OSError) as e:
+        except (TrainingInputError, HermesTrainingError, EngineNotFoundError, OSError) as e:
             self._job = None
             self.ui.progressBar.setVisible(False)
             self.setStatus(str(e), error=True)
@@ -360,11 +379,27 @@ class HermesTrainingWidget(JobWidgetMixin, ScriptedLoadableModuleWidget, VTKObse
         self._lastModel = str(job.modelPath)
         self._lastNewTasks = self.logic.newTaskNames(job)
         self.ui.resultLabel.text = self.logic.resultSummary(job)
+        self.showForgetting(self.logic.forgettingReport(job))
         self.setStatus(_("Done in {seconds:.0f} s: {path}").format(seconds=job.elapsedSeconds, path=job.modelPath))
         self.refreshModels()
         segmentationWidget = slicer.util.getModuleWidget("HermesSegmentation")
         if segmentationWidget is not None:
             segmentationWidget.refreshModels()  # the new model is listed there at once
+
+    def showForgetting(self, report) -> None:
+        """A fine-tune's forgetting check: a row per structure the base knew (Dice before, after, change), and the
+        same in the log; "not measured" with the engine's reason in the log; hidden after the other modes."""
+        table = self.ui.forgettingTableWidget
+        table.setVisible(report is not None and report.measured)
+        table.setRowCount(0)
+        if report is None:
+            return
+        for line in report.lines():
+            self.addLog(line)
+        table.setRowCount(len(report.rows))
+        for row, entry in enumerate(report.rows):
+            for column, text in enumerate(entry.cells()):
+                table.setItem(row, column, qt.QTableWidgetItem(text))
 
     # ------------------------------------------------------------------ result
     def onSegmentWithNewModel(self) -> None:

@@ -109,6 +109,7 @@ def test_read_without_torch_equals_the_engines_info_for_every_kind_of_model(offi
 
 def test_importing_the_engines_reader_pulls_in_no_heavy_package():
     code = ("import sys, hermesseg.model_header, hermesseg.errors, hermesseg.parent_watch; "
+            "import hermesseg.add_task_options; "
             f"print(sorted(m for m in sys.modules if m.split('.')[0] in {HEAVY!r}))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=60)
     assert result.returncode == 0, result.stderr

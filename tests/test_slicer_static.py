@@ -146,7 +146,8 @@ def test_lib_imports_neither_qt_nor_torch_nor_the_engine():
 
 
 # Engine modules imported into Slicer's process; tests/test_slicer_model_info.py checks they pull in no torch.
-TORCH_FREE_ENGINE_MODULES = {"hermesseg.model_header", "hermesseg.errors", "hermesseg.parent_watch"}
+TORCH_FREE_ENGINE_MODULES = {"hermesseg.model_header", "hermesseg.errors", "hermesseg.parent_watch",
+                             "hermesseg.add_task_options"}
 
 
 def test_lib_imports_only_torch_free_engine_modules():

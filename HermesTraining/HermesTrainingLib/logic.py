@@ -8,9 +8,13 @@ Usable from the module widget, from scripts (``Slicer --python-script``) and fro
     job = logic.train(pairs, ["Left atrium"], baseModel, modality="MR", waitForCompletion=True)
     job.modelPath   # the new model, in the user's models folder
 
+``mode``: "add" (``hermesseg add-task``, ``addMode`` "priors" or "adapter"), "finetune" (``hermesseg finetune``:
+all weights train; ``logic.forgettingReport(job)`` gives each base task's Dice before and after) or "train"
+(``hermesseg train``).
+
 Steps: the pairs are exported as an nnU-Net v2 dataset into a private temporary folder (``dataset_export``), the
-engine command (``hermesseg add-task`` or ``train``) runs with ``--progress json`` in a background
-``PythonSlicer`` process (the same engine location and process code as Hermes Segmentation), its progress and
+engine command runs with ``--progress json`` in a background ``PythonSlicer`` process
+(``HermesLib.engine_run.startEngineCommand``, the same as Hermes Segmentation's), its progress and
 metrics are parsed (``onProgress``, ``onMetrics``; a live chart when ``chart`` is given), and on success the model
 file, written atomically by the engine, is in the user's models folder where Hermes Segmentation lists it. Cancel
 stops the whole process tree: no model is written. The temporary dataset is removed unless ``keepDataset``.
@@ -30,6 +34,7 @@ from HermesLib.progress import ProgressEvent
 
 from .cases import TrainingInputError, TrainingPair, checkPair, segmentOccurrences
 from .dataset_export import ExportedDataset, exportDataset, labelName, removeExport
+from .forgetting import ForgettingReport, forgettingRecord, parseForgetting
 from .packs import PackError, importedPackModelPath
 
 try:  # real Slicer: the standard base class (parameter node helpers)
@@ -39,10 +44,23 @@ except ImportError:  # slicer-core wheel: no scripted-module layer
 
 import slicer
 
-# Engine commands per mode. "finetune" and add-task's "adapter" mode are not in the engine yet: refused here with a
-# clear message rather than by the engine's argument parser.
-MODES = {"add": "add-task", "train": "train"}
-ADD_TASK_KINDS = ("priors",)
+# Engine commands per mode: "add" = add-task (frozen base, nothing forgotten; addMode "priors" or "adapter"),
+# "finetune" = finetune (all weights; forgetting measured), "train" = train (a new model from these cases only).
+MODES = {"add": "add-task", "finetune": "finetune", "train": "train"}
+ADD_MODES = ("priors", "adapter")
+
+
+def availableModes() -> list[str]:
+    """The modes the installed engine has: each engine subcommand is ``hermesseg/cli/<name>_command.py``, so an
+    engine older than a mode is seen without starting it (the widget offers only these)."""
+    cli = engine.requireEngine() / engine.PACKAGE / "cli"
+    return [mode for mode, command in MODES.items() if (cli / f"{command.replace('-', '_')}_command.py").is_file()]
+
+
+def availableAddModes() -> list[str]:
+    """add-task's ``--mode`` choices in the installed engine (``hermesseg.add_task_options``, torch-free)."""
+    choices = engine.importEngineModule("hermesseg.add_task_options").MODES
+    return [m for m in ADD_MODES if m in choices]
 
 
 class HermesTrainingError(RuntimeError):
@@ -55,14 +73,15 @@ class TrainingCancelledError(HermesTrainingError):
 
 @dataclass
 class TrainingRequest:
-    """What to train. ``mode``: "add" (new structures on a frozen base) or "train" (a new model)."""
+    """What to train. ``mode``: "add" (new structures on a frozen base), "finetune" (new structures, all weights
+    train) or "train" (a new model); ``addMode``: add-task's "priors" or "adapter"."""
 
     pairs: list[TrainingPair]
     segmentNames: list[str]
     baseModel: str | None
     modality: str
-    mode: str = "add"  # "add" or "train"
-    kind: str = "priors"  # add-task only
+    mode: str = "add"
+    addMode: str = "priors"  # add-task only
     steps: int | None = None
     timeLimit: float | None = None
     device: str = "auto"
@@ -70,6 +89,7 @@ class TrainingRequest:
     outputPath: str | None = None
     datasetName: str | None = None
     keepDataset: bool = False
+    replay: list[str] = field(default_factory=list)  # finetune only: datasets of the base's own tasks
     extraArgs: list[str] = field(default_factory=list)
 
 
@@ -214,6 +234,15 @@ class HermesTrainingLogic(_Base):
     def segmentChoices(pairs: list[TrainingPair]) -> dict[str, int]:
         return segmentOccurrences(pairs)
 
+    @staticmethod
+    def availableChoices() -> tuple[list[str], list[str]]:
+        """(modes, add-task modes) the installed engine has; all of them when there is no engine to ask (Train then
+        says that the engine is missing)."""
+        try:
+            return availableModes(), availableAddModes()
+        except (engine.EngineNotFoundError, ImportError, AttributeError):
+            return list(MODES), list(ADD_MODES)
+
     # ------------------------------------------------------------------ training
     @staticmethod
     def engineArguments(request: TrainingRequest, dataset: ExportedDataset, output: Path) -> tuple[str, list[str]]:
@@ -221,15 +250,23 @@ class HermesTrainingLogic(_Base):
         if request.mode not in MODES:
             raise TrainingInputError(f"unknown training mode {request.mode!r}; choose one of {', '.join(MODES)}")
         args: list[str] = []
-        if request.mode == "add":
+        if request.mode != "train":
             if not request.baseModel:
                 raise TrainingInputError("choose the base model to teach")
             args.append(str(request.baseModel))
         args += ["--data", str(dataset.folder), "-o", str(output), "--progress", "json"]
+        if request.mode != "train":
+            args += ["--modality", request.modality]
         if request.mode == "add":
-            if request.kind not in ADD_TASK_KINDS:
-                raise TrainingInputError(f"unknown add-task mode {request.kind!r}")
-            args += ["--modality", request.modality, "--mode", request.kind]
+            if request.addMode not in ADD_MODES:
+                raise TrainingInputError(f"unknown add-task mode {request.addMode!r}; choose one of "
+                                         f"{', '.join(ADD_MODES)}")
+            args += ["--mode", request.addMode]
+        if request.replay and request.mode != "finetune":
+            raise TrainingInputError("replay datasets are for Fine-tune only (the other modes change nothing the "
+                                     "base model knew)")
+        for folder in request.replay:
+            args += ["--replay", str(folder)]
         if request.steps:
             args += ["--steps" if request.mode != "train" else "--iterations", str(int(request.steps))]
         if request.timeLimit and request.mode != "train":
@@ -241,12 +278,15 @@ class HermesTrainingLogic(_Base):
         return MODES[request.mode], args + list(request.extraArgs)
 
     def train(self, pairs: list[TrainingPair], segmentNames: list[str], baseModel, modality: str,
-              mode: str = "add", kind: str = "priors", steps: int | None = None, timeLimit: float | None = None,
+              mode: str = "add", addMode: str = "priors", steps: int | None = None, timeLimit: float | None = None,
               device: str = "auto", seed: int | None = None, outputPath=None, keepDataset: bool = False,
               waitForCompletion: bool = False, onProgress=None, onMetrics=None, onLog=None,
               onFinished: Callable[[TrainingJob], None] | None = None, chart=None,
-              timeout: float | None = None, extraArgs: list[str] | None = None) -> TrainingJob:
-        """Start training; see the module docstring. Bad input raises TrainingInputError before anything runs."""
+              timeout: float | None = None, extraArgs: list[str] | None = None,
+              replay: list | None = None) -> TrainingJob:
+        """Start training; see the module docstring. ``replay``: nnU-Net dataset folders of the base model's own
+        tasks, replayed by a fine-tune and used for its forgetting check. Bad input raises TrainingInputError before
+        anything runs."""
         if self.isRunning:
             raise HermesTrainingError("a training run is already running; cancel it or wait for it to finish")
         if not pairs:
@@ -254,9 +294,9 @@ class HermesTrainingLogic(_Base):
         if not modality:
             raise TrainingInputError("choose the modality of the training volumes")
         request = TrainingRequest(list(pairs), list(segmentNames), str(baseModel) if baseModel else None, modality,
-                                  mode, kind, steps, timeLimit, device, seed,
+                                  mode, addMode, steps, timeLimit, device, seed,
                                   str(outputPath) if outputPath else None, keepDataset=keepDataset,
-                                  extraArgs=list(extraArgs or []))
+                                  replay=[str(r) for r in replay or []], extraArgs=list(extraArgs or []))
         output = Path(request.outputPath) if request.outputPath else defaultOutputPath(request)
         if request.baseModel and output.resolve() == Path(request.baseModel).resolve():
             raise TrainingInputError("the new model must not replace its base model; choose another output file")
@@ -300,15 +340,27 @@ class HermesTrainingLogic(_Base):
             new = [name for name in new if name not in old]
         return new
 
+    def forgettingReport(self, job: TrainingJob) -> ForgettingReport | None:
+        """A fine-tune's forgetting check, from the new model's card (None for the other modes)."""
+        if job.request.mode != "finetune" or job.modelPath is None:
+            return None
+        card = self.modelInfo(job.modelPath).get("card")
+        return parseForgetting(forgettingRecord(card, job.result.get("outputs")))
+
     def resultSummary(self, job: TrainingJob) -> str:
         """One paragraph for the annotator: what was learned, the held-out figures, the forgetting check."""
         info = self.modelInfo(job.modelPath)
         lines = [f"{Path(job.modelPath).name}: {', '.join(self.newTaskNames(job))}"]
-        for key, label in (("heldout", "held-out check"), ("held_out", "held-out check"),
-                           ("forgetting", "forgetting check"), ("zero_forgetting", "forgetting check")):
-            value = job.result.get(key, (info.get("card") or {}).get(key))
-            if value is not None:
-                lines.append(f"{label}: {value}")
+        output = next((o for o in job.result.get("outputs") or [] if isinstance(o, dict)), {})
+        held = output.get("held_out_dice")
+        if isinstance(held, dict) and held:
+            lines.append("held-out Dice: " + ", ".join(f"{k} {'n/a' if v is None else format(v, '.3f')}"
+                                                       for k, v in held.items()))
+        elif "held_out_dice" in output:
+            lines.append("held-out Dice: not measured (fewer than 3 case groups)")
+        report = self.forgettingReport(job)
+        if report is not None:
+            lines += report.lines()
         lineage = info.get("lineage") or []
         if lineage:
             lines.append(f"lineage: {' -> '.join(str(r.get('operation')) for r in lineage)}")
