@@ -1,7 +1,8 @@
 """The model catalogue: which Hermes model files exist and what they hold.
 
 - the embedded default model (``$HERMESSEG_MODEL``, else ``hermesseg/resources/`` or ``Resources/Models/`` beside
-  the package: the rule of ``hermesseg.default_model.default_model_path``), found by looking at files: importing ``hermesseg`` would import torch into Slicer's process;
+  the package: the rule of ``hermesseg.default_model.default_model_path``), found by looking at files: importing
+  ``hermesseg`` would import torch into Slicer's process;
 - the user's models folder (``$HERMESSEG_MODELS_DIR``, else ``~/.hermesseg/models``): official checkpoints imported
   with the model manager, models trained by HermesTraining, files the user copies there;
 - any other file the user picks.
