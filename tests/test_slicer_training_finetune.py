@@ -104,3 +104,62 @@ def test_offered_modes_are_the_installed_engines():
     assert ("finetune" in availableModes()) == (cli / "finetune_command.py").is_file()
     assert availableAddModes() == [m for m in ("priors", "adapter") if m in ENGINE_ADD_MODES]
     assert "priors" in availableAddModes()
+
+
+# ---------------------------------------------------------------------------------------------- a real fine-tune
+def test_finetune_from_the_logic_registers_a_model_with_its_forgetting_report(tmp_path, monkeypatch):
+    """A real ``hermesseg finetune`` of the default model in a background process: brain tissue (grey + white
+    matter as one segment) of the MNI152 T1 template is taught from a scene pair, with the template's own dataset
+    replayed. The base model was trained on that dataset (its grey and white matter tasks score 0.83 on it: model
+    card), so its Dice before is high; the forgetting report in the module is the card's record, figure for figure."""
+    import slicer
+    from paths import require
+    from test_slicer_training_run import DEFAULT_MODEL, MNI, brain_pairs
+
+    from hermesseg.compatibility import compatibility_fingerprint
+    from hermesseg.model_file import read_model_state
+    from HermesLib.engine_job import JobState
+    from HermesTrainingLib.packs import PackError
+
+    require(DEFAULT_MODEL)
+    monkeypatch.setenv("HERMESSEG_MODELS_DIR", str(tmp_path / "models"))
+    assert "finetune" in availableModes()
+    scene = slicer.vtkMRMLScene()
+    logic = HermesTrainingLogic(scene)
+    pairs = brain_pairs(scene, logic, tmp_path)
+    job = logic.train(pairs, ["Brain tissue"], DEFAULT_MODEL, "MR-T1", mode="finetune", steps=3, seed=0,
+                      device="cpu", replay=[MNI], waitForCompletion=True)
+
+    assert job.state == JobState.SUCCEEDED, job.errorMessage
+    assert job.modelPath.parent == tmp_path / "models" and job.modelPath.is_file()
+    assert job.command[3:5] == ["finetune", str(DEFAULT_MODEL)]
+    assert job.command[job.command.index("--replay") + 1] == str(MNI)
+    info = logic.modelInfo(job.modelPath)
+    assert logic.newTaskNames(job) == ["my_brain_tissue_brain_tissue"]
+    assert "my_brain_tissue_brain_tissue" in {t["name"] for t in info["tasks"]}
+    assert info["lineage"][-1]["operation"] == "finetune"
+
+    card_record = info["card"]["fine_tuned"][-1]["forgetting"]
+    assert job.result["outputs"][0]["forgetting"] == card_record  # the done event and the card agree
+    report = logic.forgettingReport(job)
+    assert report.measured and report.cases == ["mr_brain_tissue_mni/mni152_2009a_sym"]
+    figures = {r.task: (r.before, r.after) for r in report.rows}
+    assert figures == {name: (d["before"], d["after"]) for name, d in card_record["tasks"].items()}
+    assert set(figures) == {"mr_brain_tissue_mni_grey_matter", "mr_brain_tissue_mni_white_matter"}
+    for task, (before, after) in figures.items():
+        assert before > 0.6, (task, before)  # the base on its own training image (see the docstring)
+        assert 0.0 <= after <= 1.0, (task, after)
+    summary = logic.resultSummary(job)
+    assert "Forgetting check on 1 case(s) (mr_brain_tissue_mni/mni152_2009a_sym)" in summary
+    grey_before, grey_after = figures["mr_brain_tissue_mni_grey_matter"]
+    assert f"mr_brain_tissue_mni_grey_matter: {grey_before:.3f} -> {grey_after:.3f}" in summary
+    print("forgetting after 3 fine-tune steps: " + ", ".join(f"{k} {b:.3f}->{a:.3f}" for k, (b, a) in figures.items()))
+
+    # the fine-tune changed shared weights: a pack of its new structure is refused by the base, naming both
+    pack = tmp_path / "tuned-brain.safetensors"
+    logic.exportTaskPack(job.modelPath, logic.newTaskNames(job), pack, waitForCompletion=True)
+    with pytest.raises(PackError) as refused:
+        logic.importTaskPack(DEFAULT_MODEL, pack, output=tmp_path / "never.safetensors", waitForCompletion=True)
+    tuned, base = (compatibility_fingerprint(read_model_state(p)[1]) for p in (job.modelPath, DEFAULT_MODEL))
+    assert tuned != base and tuned in str(refused.value) and base in str(refused.value)
+    assert not (tmp_path / "never.safetensors").exists()
