@@ -96,11 +96,12 @@ def test_progress_figures_reach_the_chart_as_numbers():
 
 def test_offered_modes_are_the_installed_engines():
     """The widget offers a mode only when the engine has its command file, and add-task's modes from the engine's
-    own option list (hermesseg.add_task_options, imported without torch)."""
-    from hermesseg.add_task_options import MODES as ENGINE_ADD_MODES
+    own option list (hermesseg.add_task_options, imported without torch), its default first."""
+    import hermesseg.add_task_options as options
 
     assert availableModes() == ["add", "finetune", "train"]
-    assert availableAddModes() == [m for m in ("priors", "adapter") if m in ENGINE_ADD_MODES]
+    default = getattr(options, "DEFAULT_MODE", "priors")
+    assert availableAddModes()[0] == default and set(availableAddModes()) == set(options.MODES) & {"priors", "adapter"}
     assert "priors" in availableAddModes()
 
 

@@ -58,9 +58,11 @@ def availableModes() -> list[str]:
 
 
 def availableAddModes() -> list[str]:
-    """add-task's ``--mode`` choices in the installed engine (``hermesseg.add_task_options``, torch-free)."""
-    choices = engine.importEngineModule("hermesseg.add_task_options").MODES
-    return [m for m in ADD_MODES if m in choices]
+    """add-task's ``--mode`` choices in the installed engine (``hermesseg.add_task_options``, torch-free), the
+    engine's default first (the widget preselects it)."""
+    options = engine.importEngineModule("hermesseg.add_task_options")
+    default = getattr(options, "DEFAULT_MODE", "priors")
+    return sorted((m for m in ADD_MODES if m in options.MODES), key=lambda m: m != default)
 
 
 class HermesTrainingError(RuntimeError):
