@@ -193,3 +193,16 @@ def test_bad_requests_are_refused_before_anything_runs(models_folder, tmp_path):
     assert not isinstance(failed.value, TrainingCancelledError)
     assert not models_folder.exists() or list(models_folder.iterdir()) == []
     assert exported_left(tmp_path) == []
+
+    # asked to keep it, the exported dataset stays (a failed run too), in the private temporary folder, not beside
+    # the user's data; its folder is on the logged command line
+    log = []
+    with pytest.raises(HermesTrainingError, match="bogus.safetensors"):
+        logic.train(pairs, ["Brain tissue"], bogus, "MR-T1", steps=5, keepDataset=True, waitForCompletion=True,
+                    onLog=log.append)
+    (kept,) = exported_left(tmp_path)
+    (dataset,) = [p.parent for p in kept.glob("*/dataset.json")]
+    assert sorted(p.name for p in (dataset / "imagesTr").iterdir()) == ["case000_0000.nrrd"]
+    assert sorted(p.name for p in (dataset / "labelsTr").iterdir()) == ["case000.nrrd"]
+    assert f"--data {dataset}" in log[0]
+    assert not models_folder.exists() or list(models_folder.iterdir()) == []
