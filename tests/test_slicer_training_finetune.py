@@ -162,3 +162,17 @@ def test_finetune_from_the_logic_registers_a_model_with_its_forgetting_report(tm
     tuned, base = (compatibility_fingerprint(read_model_state(p)[1]) for p in (job.modelPath, DEFAULT_MODEL))
     assert tuned != base and tuned in str(refused.value) and base in str(refused.value)
     assert not (tmp_path / "never.safetensors").exists()
+
+
+def test_a_mode_the_engine_lacks_is_refused_before_anything_runs(tmp_path):
+    """Scripts can ask for any mode; one the installed engine has not is refused with what it has."""
+    from hermesseg.add_task_options import MODES as ENGINE_ADD_MODES
+
+    request = TrainingRequest([], ["Liver"], BASE, "MR-T1", mode="add", addMode="adapter")
+    if "adapter" in ENGINE_ADD_MODES:
+        HermesTrainingLogic.requireEngineSupport(request)
+    else:
+        with pytest.raises(TrainingInputError,
+                           match=r"this engine's add-task has no 'adapter' mode \(it has: priors\)"):
+            HermesTrainingLogic.requireEngineSupport(request)
+    HermesTrainingLogic.requireEngineSupport(TrainingRequest([], ["Liver"], BASE, "MR-T1", mode="finetune"))

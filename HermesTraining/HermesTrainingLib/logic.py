@@ -279,6 +279,15 @@ class HermesTrainingLogic(_Base):
             args += ["--device", "cuda" if request.device == "gpu" else request.device]
         return MODES[request.mode], args + list(request.extraArgs)
 
+    @staticmethod
+    def requireEngineSupport(request: TrainingRequest) -> None:
+        """Refuse, before anything runs, a mode or add-task mode that the installed engine does not have."""
+        if request.mode in MODES and request.mode not in availableModes():
+            raise TrainingInputError(f"this engine has no `hermesseg {MODES[request.mode]}` (update HermesExtension)")
+        if request.mode == "add" and request.addMode in ADD_MODES and request.addMode not in availableAddModes():
+            raise TrainingInputError(f"this engine's add-task has no {request.addMode!r} mode (it has: "
+                                     f"{', '.join(availableAddModes())})")
+
     def train(self, pairs: list[TrainingPair], segmentNames: list[str], baseModel, modality: str,
               mode: str = "add", addMode: str = "priors", steps: int | None = None, timeLimit: float | None = None,
               device: str = "auto", seed: int | None = None, outputPath=None, keepDataset: bool = False,
@@ -303,6 +312,7 @@ class HermesTrainingLogic(_Base):
         if request.baseModel and output.resolve() == Path(request.baseModel).resolve():
             raise TrainingInputError("the new model must not replace its base model; choose another output file")
         engine.requireEngine()
+        self.requireEngineSupport(request)
         job = TrainingJob(self, request, output, onProgress, onMetrics, onLog, onFinished, chart)
         output.parent.mkdir(parents=True, exist_ok=True)
         job.dataset = exportDataset(pairs, request.segmentNames, modality, request.datasetName or
