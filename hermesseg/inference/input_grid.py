@@ -5,8 +5,9 @@ box where the probability reaches the threshold on the model grid, plus one mode
 the 8 surrounding voxels, so no input voxel outside can reach the threshold), is resampled: the cost follows the size
 of the structure, not of the input, and a task that never reaches the threshold is "not found" without any
 resampling. A mask that reaches the threshold is drawn only when its evidence passes ``options.found_rule``
-(``found_rule.py``); otherwise the task is not found, with the rule's reason. Everything runs in torch on the device that holds the probabilities; only the boxed masks (and, when
-asked for, whole probability maps) come back to the host.
+(``found_rule.py``); otherwise the task is not found, with the rule's reason. Everything runs in torch on the
+device that holds the probabilities; only the boxed masks (and, when asked for, whole probability maps) come back to
+the host.
 """
 
 from __future__ import annotations
