@@ -131,6 +131,13 @@ def test_held_out_report_lineage_card_and_progress(acdc_run):
                          for n in held["dice"]}
     added = manifest.card["added_tasks"][-1]
     assert added["held_out_dice"] == held["dice"] and manifest.card["shippable"] is False  # ACDC is not shippable
+    # Each new task's measured quality is its held-out Dice (what `tasks`, `info` and the default selection read).
+    for task in manifest.tasks[-3:]:
+        dice = held["dice"][task.name]
+        assert task.quality == (None if dice is None else {
+            "heldout_dice": dice, "heldout_cases": len(held["held_out_cases"]),
+            "source": "held-out cases of its split; the saved weights were then refit on every case"})
+    assert [t.quality for t in manifest.tasks[:113]] == [t.quality for t in base.tasks]
     assert manifest.card["parent"]["weights_sha256"] == base.weights_sha256
 
     steps = [e for e in events if e.get("stage") in ("held-out training", "refit")]
@@ -166,6 +173,7 @@ def test_one_case_known_modality_is_deterministic_and_says_no_held_out_figure(tm
     assert init["reason"] == "best overlap" and 0.0 < init["soft_dice"] <= 1.0
     assert init["from"] in {t.name for t in a.manifest.tasks[:113]}
     assert "no held-out figure" in a.manifest.card["added_tasks"][-1]["note"]
+    assert a.manifest.tasks[113].quality is None  # seen in training only
 
 
 def test_sigterm_stops_within_seconds_with_exit_130_and_no_output(tmp_path):

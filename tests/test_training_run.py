@@ -144,6 +144,7 @@ def test_run_directory_and_model_manifest(baseline):
     assert manifest.tasks[0].color == catalogue().structure("grey_matter").color == (200, 200, 235)
     assert manifest.tasks[2].color == (255, 0, 0)
     assert manifest.tasks[2].terminology["type"][2] == "Neoplasm"
+    assert [t.quality for t in manifest.tasks] == [None] * 3  # nothing held out: seen in training only
     assert [m.name for m in manifest.modalities] == ["CT", "MR-T1"]
     assert manifest.preprocessing["spacing"] == [5.0, 5.0, 5.0]
     assert manifest.preprocessing["patch_size"] == [32, 32, 32]
@@ -243,6 +244,11 @@ def test_held_out_case_validation_selects_the_best_ema(tmp_path, work):
     manifest, state = read_model_state(result.output)
     assert weights_fingerprint(load_checkpoint(result.run_dir / "best.pt")["ema"]) == manifest.weights_sha256
     assert manifest.card["training"]["validation_dice"] == best["validation_dice"]
+    # The task's measured quality: its Dice on the one validation case, with the saved (best) weights.
+    (task,) = manifest.tasks
+    assert task.quality["heldout_cases"] == 1
+    assert task.quality["heldout_dice"] == pytest.approx(best["validation_dice"], abs=1e-4)
+    assert "validation split" in task.quality["source"]
 
 
 def test_sigterm_stops_after_a_checkpoint_and_the_run_resumes(tmp_path, work):

@@ -42,6 +42,7 @@ from .new_task_request import NewTaskData, NewTaskRequest, NewTaskResult, check_
 from .phase import phase_config, train_phase
 from .run_clock import RunClock
 from .sampling import Source
+from .task_quality import held_out_quality, with_quality
 
 CHECK_WINDOW = 32  # the forgetting check's window edge (voxels): bit-identity does not depend on the window size
 CHECK_STEPS = 12  # the check and the write take about as long as this many training steps (8 groups, 2 models)
@@ -125,6 +126,8 @@ def add_task(request: AddTaskRequest, progress=None) -> AddTaskResult:
     new_manifest = child_manifest(checked, out_net, cases, rows.query, "add-task",
                                   f"--mode {request.mode}, {total_steps} steps, {note}", details, "added_tasks",
                                   card_entry)
+    new_manifest.tasks = with_quality(new_manifest.tasks, held_out_quality(trained.record, request.refit),
+                                      set(rows.names))
     clock.event("write", f"writing {request.output}")
     new_manifest = save_model(request.output, out_net, new_manifest)
     return AddTaskResult(Path(request.output), new_manifest, rows.names, held, total_steps, wall, rows.init)

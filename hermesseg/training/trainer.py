@@ -50,6 +50,7 @@ from .run_files import MetricsLog, truncate_metrics, write_curves
 from .run_setup import RUN_CONFIG_FORMAT, TrainRequest, check_output, load_parent, resolve_run
 from .sampling import PatchSampler, Source
 from .splits import make_splits, read_splits, write_splits
+from .task_quality import quality_from_scores, scores_by_task, with_quality
 from .validation import evaluate_cases
 
 log = logging.getLogger(__name__)
@@ -277,6 +278,16 @@ def _train(request: TrainRequest, ctx: DistContext, after_iteration, progress) -
         final_state, selected, val_dice = best_payload["ema"], f"best@{record['iteration']}", record["dice"]
     out_net = HermesR(network.config)
     out_net.load_state_dict({k: v.detach().cpu() for k, v in final_state.items()})
+    if ctx.is_main:  # each task's held-out Dice with the saved weights (None: seen in training only)
+        quality = {}
+        if val_cases:
+            scored = evaluate_cases(out_net.to(device), val_cases, lambda name: query[name], modality_of.__getitem__,
+                                    cfg["patch_size"], device)["cases"]
+            out_net.cpu()
+            names = {d.name: plan.per_dataset[d.name].task_names for d in datasets}
+            quality = quality_from_scores(scores_by_task(scored, names.__getitem__),
+                                          "validation split of its training run (the saved weights)")
+        mp.tasks = with_quality(mp.tasks, quality, {t.name for t in plan.tasks})
     manifest = training_manifest(setup, mp, datasets, splits, plan, iteration, ctx.world_size, str(ctx.device),
                                  selected, val_dice, state["last"])
     if ctx.is_main:
