@@ -100,6 +100,9 @@ def engineEnvironment(extra: dict[str, str] | None = None) -> dict[str, str]:
         env["PYTHONPATH"] = os.pathsep.join(parts)
     env["PYTHONUNBUFFERED"] = "1"
     env["PYTHONIOENCODING"] = "utf-8"
+    # `python -m` puts the working folder first on sys.path, before PYTHONPATH: a `hermesseg` folder there would run
+    # instead of the engine. PYTHONSAFEPATH (Python 3.11+) leaves it out; older interpreters ignore the variable.
+    env["PYTHONSAFEPATH"] = "1"
     env[PARENT_PID_ENV] = str(os.getpid())
     if extra:
         env.update(extra)

@@ -26,6 +26,22 @@ def test_a_command_without_progress_succeeds_and_logs_its_output():
     assert run.log == logged and not pidAlive(run.pid)
 
 
+def test_a_hermesseg_folder_in_the_working_folder_does_not_replace_the_engine(tmp_path, monkeypatch):
+    """Slicer may run from any folder; one holding a `hermesseg` package (a checkout, a copy) must not shadow the
+    engine that `python -m hermesseg.cli` is meant to start."""
+    fake = tmp_path / "hermesseg"
+    (fake / "cli").mkdir(parents=True)
+    (fake / "__init__.py").write_text("")
+    (fake / "cli" / "__init__.py").write_text("")
+    (fake / "cli" / "__main__.py").write_text("print('the wrong engine')\n")
+    monkeypatch.chdir(tmp_path)
+    logged = []
+    run = startEngineCommand("info", [str(DEFAULT_MODEL), "--json"], onLog=logged.append, pollWithQtTimer=False)
+    run.wait(timeout=300)
+    assert run.succeeded and "the wrong engine" not in logged
+    assert json.loads("\n".join(logged))["name"] == "hermes-mini"
+
+
 def test_the_engines_error_event_is_the_error_message(tmp_path):
     events, finished = [], []
     missing = tmp_path / "no-such-image.nii.gz"
