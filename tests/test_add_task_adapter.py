@@ -131,7 +131,6 @@ def test_the_new_tasks_segment_through_hermesseg_segment(taught):
     """After STEPS steps on this one frame the left ventricle is found on it through the product path. Measured
     here: Dice 0.28 (the same trained rows without the adapter: 0.26; at this length the rows do most of the work on
     the training image, the adapter's gain shows on held-out patients, see README). 0.2 fails a run that does not
-    find the structure or an adapter that breaks the group's logits. ``--keep-unconfident``: after so few steps the
-    mask is below the found rule's confidence (mean probability 0.70), which would report it not found."""
+    find the structure or an adapter that breaks the group's logits."""
     root, out = taught
     assert _lv_dice(out, root / "seg") > 0.2
