@@ -9,6 +9,7 @@ The one ``HermesLib`` module for the widgets only (it needs the Slicer applicati
 from __future__ import annotations
 
 import logging
+import time
 from typing import Callable
 
 import slicer
@@ -16,6 +17,17 @@ from slicer.i18n import tr as _
 
 from . import dependencies
 from .engine_job import JobState
+
+
+def waitFor(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    """For the modules' self-tests: keep Slicer's event loop running until ``condition()`` holds, or fail after
+    ``timeout`` seconds naming ``what`` was awaited."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+        slicer.app.processEvents()
+        time.sleep(0.05)
 
 
 class JobWidgetMixin:

@@ -9,7 +9,6 @@ import enum
 import importlib
 import logging
 import os
-import time
 import unittest
 from pathlib import Path
 
@@ -34,7 +33,7 @@ from HermesLib import dependencies as hermesDependencies
 from HermesLib import models as hermesModels
 from HermesLib import MODULES as SHARED_MODULES
 from HermesLib.engine import EngineNotFoundError
-from HermesLib.widget import JobWidgetMixin
+from HermesLib.widget import JobWidgetMixin, waitFor
 from HermesSegmentationLib.logic import HermesSegmentationError, HermesSegmentationLogic, JobState
 from HermesSegmentationLib.modality import suggestModality
 from HermesSegmentationLib.segmentation_import import segmentTag, terminologyEntryString
@@ -700,15 +699,6 @@ class HermesSegmentationTest(ScriptedLoadableModuleTest):
 
     # ------------------------------------------------------------------ helpers
     @staticmethod
-    def waitFor(condition, timeout: float, what: str) -> None:
-        deadline = time.monotonic() + timeout
-        while not condition():
-            if time.monotonic() > deadline:
-                raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-            slicer.app.processEvents()
-            time.sleep(0.05)
-
-    @staticmethod
     def showModuleWidget(name: str):
         """The module's widget, selected in the main window when there is one (--no-main-window has none)."""
         if slicer.util.mainWindow() is not None:
@@ -745,7 +735,7 @@ class HermesSegmentationTest(ScriptedLoadableModuleTest):
             widget = self.showModuleWidget("HermesSegmentation")
             self.requireDependencies(widget)
             widget.importCheckpoint(checkpoint, output)
-            self.waitFor(lambda: widget._importProcess is None, 600, "the checkpoint import")
+            waitFor(lambda: widget._importProcess is None, 600, "the checkpoint import")
             self.assertTrue(os.path.isfile(output), "the model manager did not write the imported model")
             return output
         models = hermesModels.listModels()
@@ -803,7 +793,7 @@ class HermesSegmentationTest(ScriptedLoadableModuleTest):
         modelPath = self.modelPathForTests()
         widget.ui.inputVolumeSelector.setCurrentNode(volume)
         widget.selectModel(modelPath)
-        self.waitFor(lambda: widget._modelInfo is not None, 300, "the model description")
+        waitFor(lambda: widget._modelInfo is not None, 300, "the model description")
         self.assertTrue(widget.currentModality(), "no modality was pre-filled")
 
         widget.ui.taskFilterLineEdit.text = "liver"
@@ -825,7 +815,7 @@ class HermesSegmentationTest(ScriptedLoadableModuleTest):
         self.assertTrue(widget.ui.segmentButton.enabled)
         widget.ui.segmentButton.click()
         self.assertEqual(widget.ui.segmentButton.text, _("Cancel"))
-        self.waitFor(lambda: not widget.isBusy(), 3600, "the segmentation")
+        waitFor(lambda: not widget.isBusy(), 3600, "the segmentation")
         self.assertEqual(widget.ui.segmentButton.text, _("Segment"))
         self.assertEqual(slicer.mrmlScene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode"), before + 1,
                          widget.ui.statusLabel.text)
@@ -840,7 +830,7 @@ class HermesSegmentationTest(ScriptedLoadableModuleTest):
         self.requireDependencies(widget)
         widget.ui.inputVolumeSelector.setCurrentNode(volume)
         widget.selectModel(self.modelPathForTests())
-        self.waitFor(lambda: widget._modelInfo is not None, 300, "the model description")
+        waitFor(lambda: widget._modelInfo is not None, 300, "the model description")
         widget.ui.taskFilterLineEdit.text = ""
         widget.setShownTasksChecked(False)
         widget.shownTaskItems()[0].setCheckState(0, qt.Qt.Checked)
@@ -848,7 +838,7 @@ class HermesSegmentationTest(ScriptedLoadableModuleTest):
         widget.ui.segmentButton.click()
         job = widget._job
         self.assertIsNotNone(job)
-        self.waitFor(lambda: job.fraction > 0 or not job.isRunning, 600, "the engine's first progress report")
+        waitFor(lambda: job.fraction > 0 or not job.isRunning, 600, "the engine's first progress report")
         pid = job.pid
         widget.ui.segmentButton.click()  # Cancel
         self.assertEqual(job.state, JobState.CANCELLED)

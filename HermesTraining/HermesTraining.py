@@ -35,7 +35,7 @@ from HermesLib import MODULES as SHARED_MODULES
 from HermesLib import dependencies as hermesDependencies
 from HermesLib import models as hermesModels
 from HermesLib.engine import EngineNotFoundError
-from HermesLib.widget import JobWidgetMixin
+from HermesLib.widget import JobWidgetMixin, waitFor
 from HermesSegmentationLib.modality import suggestModality
 from HermesTrainingLib.chart import TrainingChart
 from HermesTrainingLib.logic import HermesTrainingError, HermesTrainingLogic
@@ -464,15 +464,6 @@ class HermesTrainingTest(ScriptedLoadableModuleTest):
         self.setUp()
         self.test_WidgetTeachesAStructure()
 
-    @staticmethod
-    def waitFor(condition, timeout: float, what: str) -> None:
-        deadline = time.monotonic() + timeout
-        while not condition():
-            if time.monotonic() > deadline:
-                raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-            slicer.app.processEvents()
-            time.sleep(0.05)
-
     def test_WidgetTeachesAStructure(self):
         import unittest
 
@@ -510,14 +501,14 @@ class HermesTrainingTest(ScriptedLoadableModuleTest):
         self.assertTrue(widget.ui.trainButton.enabled, widget.ui.trainButton.toolTip)
         widget.ui.trainButton.click()
         self.assertEqual(widget.ui.trainButton.text, _("Cancel"))
-        self.waitFor(lambda: not widget.isBusy(), 1800, "training")
+        waitFor(lambda: not widget.isBusy(), 1800, "training")
         self.assertIsNotNone(widget._lastModel, widget.ui.statusLabel.text)
         self.assertTrue(os.path.isfile(widget._lastModel))
         self.assertTrue(widget._chart.rows(), "no metrics reached the chart")
 
         widget.ui.segmentVolumeSelector.setCurrentNode(volume)
         widget.ui.segmentWithNewModelButton.click()
-        self.waitFor(lambda: widget._segmentJob is None, 900, "segmentation with the new model")
+        waitFor(lambda: widget._segmentJob is None, 900, "segmentation with the new model")
         nodes = slicer.util.getNodesByClass("vtkMRMLSegmentationNode")
         result = [n for n in nodes if n is not segmentation]
         self.assertEqual(len(result), 1, widget.ui.statusLabel.text)

@@ -28,6 +28,7 @@ from hermesseg.network import HermesR
 from hermesseg.preprocessing import Preprocessing, normalize_intensity, to_model_grid
 from hermesseg.task_pack import PACK_KEY, read_pack
 
+from new_task_helpers import one_thread  # noqa: F401  (autouse: the 2 test cores are shared)
 from paths import DATA, REPO, require
 
 BASE = REPO / "Resources" / "Models" / "hermes-mini.safetensors"
@@ -68,13 +69,6 @@ def teach(base_path, out, group: str, names: list[str], modality: str, seed: int
     return out
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The 2 test cores are shared: one thread avoids oversubscription (the comparisons run in this process)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
