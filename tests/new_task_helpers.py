@@ -12,21 +12,10 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
-import torch
 
 from hermesseg.cli import main
 
 from paths import REPO
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One torch thread for the module (import it into a test module to use it): the test cores are shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def dataset_subset(src: Path, dst: Path, cases: list[str], **meta_changes) -> Path:

@@ -25,7 +25,7 @@ from hermesseg.imageio import read_image
 from hermesseg.preprocessing import Preprocessing, normalize_intensity, to_model_grid
 
 from new_task_helpers import assert_refused, assert_sigterm_cancels, dataset_subset as _subset, run_json
-from new_task_helpers import one_thread  # noqa: F401  (autouse: the 2 test cores are shared)
+from threads import one_torch_thread  # noqa: F401 (autouse fixture)
 from paths import DATA, REPO, require
 
 BASE = REPO / "Resources" / "Models" / "hermes-mini.safetensors"

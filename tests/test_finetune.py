@@ -31,7 +31,7 @@ from hermesseg.training.phase import phase_config
 
 from paths import DATA, REPO, require
 from new_task_helpers import assert_refused, assert_sigterm_cancels, dataset_subset as _subset, run_json
-from new_task_helpers import one_thread  # noqa: F401  (autouse: the 2 test cores are shared)
+from threads import one_torch_thread  # noqa: F401 (autouse fixture)
 
 BASE = REPO / "Resources" / "Models" / "hermes-mini.safetensors"
 ACDC = DATA / "mr_cine_heart_acdc"

@@ -28,7 +28,7 @@ from hermesseg.network import HermesR
 from hermesseg.preprocessing import Preprocessing, normalize_intensity, to_model_grid
 from hermesseg.task_pack import PACK_KEY, read_pack
 
-from new_task_helpers import one_thread  # noqa: F401  (autouse: the 2 test cores are shared)
+from threads import one_torch_thread  # noqa: F401 (autouse fixture)
 from paths import DATA, REPO, require
 
 BASE = REPO / "Resources" / "Models" / "hermes-mini.safetensors"
