@@ -11,7 +11,8 @@ patient are always on the same side) and scored with the engine's evaluation on 
   sampler as the engine's training, for the wall time the ``priors`` run took at the same k (or ``--time-limit``);
   its wall time counts preprocessing and training, as add-task's does, not the scoring.
 
-Also measured: wall time, trained parameters (elements new or changed against the base), pack size (``export-task``)
+Hermes Dice is scored twice: as ``segment`` draws it (the found rule on: a mask it rejects counts as 0) and with
+every mask that reaches 0.5 (the rule off, as the U-Net is scored). Also measured: wall time, trained parameters (elements new or changed against the base), pack size (``export-task``)
 and forgetting (maximum absolute logit change of every base task, queried in its own group, on a held-out image).
 Methods the installed ``hermesseg`` does not offer are reported as "not available". The table is printed with the
 load average and the Dice ratio against the U-Net of the same run, and written as JSON.
@@ -205,6 +206,8 @@ def new_task_map(base_manifest, new_manifest, dataset: str, labels: list[str]) -
 def score_hermes(model_path: Path, heldout: Path, base, patch, args) -> dict:
     """Dice per structure on the held-out cases (engine evaluation), trained parameters, forgetting, pack size."""
     from hermesseg.evaluation.evaluate import evaluate
+    from hermesseg.inference import InferenceOptions
+    from hermesseg.inference.found_rule import NO_RULE
     from hermesseg.model import load_model
     from hermesseg.model_file import read_model_state
 
@@ -212,13 +215,18 @@ def score_hermes(model_path: Path, heldout: Path, base, patch, args) -> dict:
     meta = json.loads((heldout / "dataset.json").read_text())
     labels = [k for k, v in meta["labels"].items() if int(v) != 0]
     task_map = new_task_map(base.manifest, model.manifest, meta["name"], labels)
-    report = evaluate(model, [heldout], task_map=task_map)
-    per_task = report.summary("task")
-    dice = {label: per_task[task_map[f"{meta['name']}/{label}"]]["dice_mean"] for label in labels
-            if f"{meta['name']}/{label}" in task_map}
+    def dice_per_label(options) -> dict[str, float]:
+        per_task = evaluate(model, [heldout], task_map=task_map, options=options).summary("task")
+        return {label: per_task[task_map[f"{meta['name']}/{label}"]]["dice_mean"] for label in labels
+                if f"{meta['name']}/{label}" in task_map}
+
+    dice = dice_per_label(InferenceOptions())  # what `segment` draws: a mask the found rule rejects scores 0
+    dice_all = dice_per_label(InferenceOptions(found_rule=NO_RULE))  # every mask that reaches 0.5, as the U-Net's
     new_state = read_model_state(model_path)[1]
     base_state = {k: v for k, v in base.network.state_dict().items()}
-    result = {"dice": dice, "trained_parameters": trained_parameters(base_state, new_state),
+    result = {"dice": dice, "dice_without_found_rule": dice_all,
+              "mean_dice_without_found_rule": float(np.mean(list(dice_all.values()))) if dice_all else None,
+              "trained_parameters": trained_parameters(base_state, new_state),
               "forgetting": forgetting(base, model, patch), "output_bytes": model_path.stat().st_size}
     groups = list(dict.fromkeys(model.manifest.task(t).group for t in task_map.values()))
     pack = model_path.with_suffix(".pack.safetensors")
@@ -382,14 +390,14 @@ def _fmt(value, spec: str) -> str:
 def format_row(r: dict) -> str:
     dice = " ".join(f"{k}={v:.3f}" for k, v in (r.get("dice") or {}).items())
     return (f"| {r['dataset']} | {r['k']} ({r['volumes']} vol) | {r['method']} | {r.get('status')} | "
-            f"{_fmt(r.get('mean_dice'), '.3f')} | {dice or '-'} | {_fmt(r.get('wall_s'), '.0f')} | "
+            f"{_fmt(r.get('mean_dice'), '.3f')} | {_fmt(r.get('mean_dice_without_found_rule'), '.3f')} | {dice or '-'} | {_fmt(r.get('wall_s'), '.0f')} | "
             f"{_fmt(r.get('trained_parameters'), ',')} | {_fmt(r.get('pack_bytes'), ',')} | "
             f"{_fmt(r.get('forgetting'), '.3g')} | {_fmt(r.get('vs_unet'), '.2f')} | {_fmt(r.get('vs_k10'), '.2f')} | "
             f"{' '.join(f'{x:.1f}' for x in r.get('load_average', ()))} |")
 
 
-HEADER = ("| dataset | k patients | method | status | mean Dice | Dice per structure | wall s | trained params | "
-          "pack bytes | forgetting | vs U-Net | vs k=10 | load avg |\n|" + "---|" * 13)
+HEADER = ("| dataset | k patients | method | status | mean Dice | without found rule | Dice per structure | wall s | trained params | "
+          "pack bytes | forgetting | vs U-Net | vs k=10 | load avg |\n|" + "---|" * 14)
 
 
 def parse_args(argv=None):
