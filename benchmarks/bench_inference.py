@@ -45,7 +45,7 @@ CASES = {
     "s0002": (("ct_body_tsdataset/imagesTr/s0002_0000.nii.gz",), "CT", None),
     "lung1": (("ct_lung_tumour/imagesTr/lung1_0000.nii.gz",), "CT", None),
     "lung1-3tasks": (("ct_lung_tumour/imagesTr/lung1_0000.nii.gz",), "CT",
-                     "ct_body_tsdataset_lung_upper_lobe_left,ct_body_tsdataset_esophagus,ct_body_tsdataset_trachea"),
+                     "ct_body_tsdataset_thyroid_gland,ct_body_tsdataset_esophagus,ct_body_tsdataset_trachea"),
     "brain": (BRAIN_IMAGES, "MR-T1", BRAIN_TASK),
     "abdomen-small": (("ct_abdomen_ts/imagesTr/example_ct_sm_0000.nii.gz",), "CT", None),
 }

@@ -38,11 +38,13 @@ def quality_section(manifest) -> list[str]:
         "## Measured quality per task (stored in the model file)",
         "Each task's `quality` in the manifest is its mean Dice on images its labels never came from, measured with "
         "`benchmarks/task_quality.py` (which runs `hermesseg evaluate`): the held-out test cases of the training run "
-        "(ct_lung_tumour lung1, mr_brain_tumour_t1c brain1), and *another subject*: a task of one dataset scored on "
-        "another dataset's image where the same structure is labelled (ct_abdomen_ts and ct_body_tsdataset both ways; "
-        "Colin27's brain mask on the MNI152 template, brain = its grey + white matter; the brain tumour task also on "
-        "the four BraTS 2013 T1c cases, whole tumour = union of the sub-regions, internal benchmark data that is not "
-        "shippable). The other images were seen in training, but only with their own dataset's tasks. "
+        "(ct_lung_tumour lung1, mr_brain_tumour_t1c brain1), and *another subject*: a task scored on another "
+        "subject's image where the same structure is labelled (the skull on the ct_head_bone head CT, whose bone mask "
+        "is a HU >= 226 threshold; Colin27's brain mask on the MNI152 template, brain = its grey + white matter; the "
+        "brain tumour task also on the four BraTS 2013 T1c cases, whole tumour = union of the sub-regions; ct_head_bone "
+        "and BraTS are internal benchmark data that is not shippable). The structures both TotalSegmentator CT "
+        "subjects label (spinal cord, autochthon left and right, upper lobe of the left lung) are one task each, "
+        "trained on both subjects, so no image is held out for them. "
         f"{len(manifest.tasks) - len(measured)} of {len(manifest.tasks)} tasks have no such image: their quality is "
         "*seen in training only*.",
         "",
@@ -51,6 +53,26 @@ def quality_section(manifest) -> list[str]:
         "",
         "| structure | task | held-out Dice | cases | default | how measured |", "|---|---|---|---|---|---|",
         *rows,
+        "",
+    ]
+
+
+def previous_section(manifest, previous: dict, label: str) -> list[str]:
+    """Held-out Dice of an earlier build (``benchmarks/task_quality.py`` JSON of that model, measured the same way)
+    beside this one's: what rebuilding the model changed."""
+    mine = {t.name: t.quality for t in manifest.tasks if t.quality}
+    names = sorted(set(previous) | set(mine), key=lambda n: -(mine.get(n) or {}).get("heldout_dice", -1))
+
+    def cell(q):
+        return f"{q['heldout_dice']:.3f} ({q['heldout_cases']})" if q else "not measured"
+
+    return [
+        f"## Against the previous build ({label})",
+        "Held-out Dice (cases) of each task with held-out evidence, both builds measured with the same "
+        "`benchmarks/task_quality.py`:",
+        "",
+        "| task | previous build | this build |", "|---|---|---|",
+        *[f"| `{n}` | {cell(previous.get(n))} | {cell(mine.get(n))} |" for n in names],
         "",
     ]
 
@@ -106,6 +128,8 @@ def main() -> int:
     p.add_argument("--data", type=Path, help="the shared data folder")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--work", type=Path, default=Path("runs/card"))
+    p.add_argument("--previous", type=Path, help="task_quality.py JSON of the previous build, to compare with")
+    p.add_argument("--previous-label", default="previous build", help="how the card names the previous build")
     p.add_argument("--timings-only", action="store_true",
                    help="re-measure only the timings and replace that section of the existing card --out")
     args = p.parse_args()
@@ -155,6 +179,8 @@ def main() -> int:
         "Weights fingerprint (sha256 of the tensors): `" + str(manifest.weights_sha256) + "`.",
         "",
         *quality_section(manifest),
+        *(previous_section(manifest, json.loads(args.previous.read_text()), args.previous_label)
+          if args.previous else []),
         "## Training cases (for reference only: these images were trained on)",
         "| dataset | mean Dice over its tasks | tasks x cases |", "|---|---|---|",
         *[f"| {d} | {s['dice_mean']:.3f} | {s['cases']} |" for d, s in per_dataset.items()],

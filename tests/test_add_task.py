@@ -18,7 +18,7 @@ import torch
 
 from hermesseg.cli import main
 from hermesseg.model import load_model
-from hermesseg.model_file import read_model_state
+from hermesseg.model_file import read_manifest, read_model_state
 from hermesseg.training.add_task import AddTaskRequest, add_task
 from hermesseg.training.forgetting import group_queries
 from hermesseg.imageio import read_image
@@ -29,6 +29,7 @@ from threads import one_torch_thread  # noqa: F401 (autouse fixture)
 from paths import DATA, REPO, require
 
 BASE = REPO / "Resources" / "Models" / "hermes-mini.safetensors"
+N_BASE = len(read_manifest(BASE).tasks)  # the base model's tasks: new rows are appended after them
 ACDC = DATA / "mr_cine_heart_acdc"
 BREAST = DATA / "mr_breast_lesion"
 # 3 patients (the first with both frames): enough for a held-out patient, small enough for a fast test.
@@ -58,11 +59,11 @@ def test_new_modality_tasks_are_appended_and_base_tensors_keep_their_bytes(acdc_
     manifest, state = read_model_state(out)
     new = manifest.tasks[len(base_manifest.tasks):]
     assert [t.name for t in new] == ["acdc3_right_ventricle", "acdc3_myocardium", "acdc3_left_ventricle"]
-    assert [t.id for t in new] == [113, 114, 115] and {t.group for t in new} == {"acdc3"}
+    assert [t.id for t in new] == [N_BASE, N_BASE + 1, N_BASE + 2] and {t.group for t in new} == {"acdc3"}
     assert all(t.modalities == ["MR-cine"] for t in new)
     assert [m.name for m in manifest.modalities] == ["CT", "MR", "MR-T1", "MR-T1c", "MR-cine"]
     assert manifest.modalities[4].dicom == ["MR"] and "MR-cine" in manifest.preprocessing["intensity"]
-    assert manifest.tasks[:113] == base_manifest.tasks
+    assert manifest.tasks[:N_BASE] == base_manifest.tasks
     assert set(state) == set(base_state)
     grown = 0
     for name, old in base_state.items():
@@ -75,10 +76,10 @@ def test_new_modality_tasks_are_appended_and_base_tensors_keep_their_bytes(acdc_
             assert torch.equal(now, old), f"{name} changed"
     task_tables = [n for n in state if n.endswith(".task_prior")]
     modality_tables = [n for n in state if n.endswith(".modality_prior")]
-    assert len(task_tables) == 5 and all(state[n].shape[0] == 116 for n in task_tables)
+    assert len(task_tables) == 5 and all(state[n].shape[0] == N_BASE + 3 for n in task_tables)
     assert all(state[n].shape[0] == 5 for n in modality_tables)
     assert grown == 5 + 5 + 2  # task tables, modality tables, modality head's last Linear (weight, bias)
-    assert not torch.equal(state[task_tables[0]][113], base_state[task_tables[0]][0])  # rows trained/initialised
+    assert not torch.equal(state[task_tables[0]][N_BASE], base_state[task_tables[0]][0])  # rows trained/initialised
 
 
 def test_every_base_task_gives_bit_identical_logits_on_a_real_image(acdc_run):
@@ -106,7 +107,7 @@ def test_every_base_task_gives_bit_identical_logits_on_a_real_image(acdc_run):
             assert torch.equal(a, b), group
             assert a.abs().max() > 0
             compared += len(ids) - 1
-    assert compared == 113
+    assert compared == N_BASE
 
 
 def test_held_out_report_lineage_card_and_progress(acdc_run):
@@ -126,7 +127,7 @@ def test_held_out_report_lineage_card_and_progress(acdc_run):
     assert sorted(held["held_out_cases"] + held["train_cases"]) == list(ACDC_CASES)
     assert set(held["dice"]) == {"acdc3_left_ventricle", "acdc3_myocardium", "acdc3_right_ventricle"}
     assert all(v is None or 0.0 <= v <= 1.0 for v in held["dice"].values())
-    assert d["forgetting_check"]["max_abs_logit_difference"] == 0.0 and d["forgetting_check"]["tasks"] == 113
+    assert d["forgetting_check"]["max_abs_logit_difference"] == 0.0 and d["forgetting_check"]["tasks"] == N_BASE
     assert d["init"] == {n: {"from": "mr_abdomen_ts_liver", "reason": "--init-from", "soft_dice": None}
                          for n in held["dice"]}
     added = manifest.card["added_tasks"][-1]
@@ -137,7 +138,7 @@ def test_held_out_report_lineage_card_and_progress(acdc_run):
         assert task.quality == (None if dice is None else {
             "heldout_dice": dice, "heldout_cases": len(held["held_out_cases"]),
             "source": "held-out cases of its split; the saved weights were then refit on every case"})
-    assert [t.quality for t in manifest.tasks[:113]] == [t.quality for t in base.tasks]
+    assert [t.quality for t in manifest.tasks[:N_BASE]] == [t.quality for t in base.tasks]
     assert manifest.card["parent"]["weights_sha256"] == base.weights_sha256
 
     steps = [e for e in events if e.get("stage") in ("held-out training", "refit")]
@@ -166,14 +167,14 @@ def test_one_case_known_modality_is_deterministic_and_says_no_held_out_figure(tm
         runs.append(add_task(req))
     a, b = runs
     assert a.held_out_dice is None and a.manifest.weights_sha256 == b.manifest.weights_sha256
-    assert [t.name for t in a.manifest.tasks[113:]] == ["breast_new_breast_lesion"]
-    assert a.manifest.tasks[113].modalities == ["MR"] and len(a.manifest.modalities) == 4
+    assert [t.name for t in a.manifest.tasks[N_BASE:]] == ["breast_new_breast_lesion"]
+    assert a.manifest.tasks[N_BASE].modalities == ["MR"] and len(a.manifest.modalities) == 4
     assert a.manifest.lineage[-1].details["held_out"] is None
     (init,) = a.init.values()
     assert init["reason"] == "best overlap" and 0.0 < init["soft_dice"] <= 1.0
-    assert init["from"] in {t.name for t in a.manifest.tasks[:113]}
+    assert init["from"] in {t.name for t in a.manifest.tasks[:N_BASE]}
     assert "no held-out figure" in a.manifest.card["added_tasks"][-1]["note"]
-    assert a.manifest.tasks[113].quality is None  # seen in training only
+    assert a.manifest.tasks[N_BASE].quality is None  # seen in training only
 
 
 def test_sigterm_stops_within_seconds_with_exit_130_and_no_output(tmp_path):
@@ -278,7 +279,7 @@ def test_the_forgetting_check_sees_a_one_ulp_change_in_a_shared_weight():
     image = normalize_intensity(image, Preprocessing.from_dict(base.manifest.preprocessing).norm_for("CT"))
     same = copy.deepcopy(base.network)
     report = compare_parent_tasks(base.network, same, base.manifest, image, (32, 32, 32))
-    assert report.identical and report.max_abs_difference == 0.0 and report.tasks == 113 and report.queries == 8
+    assert report.identical and report.max_abs_difference == 0.0 and report.tasks == N_BASE and report.queries == 8
     nudged = copy.deepcopy(base.network)
     with torch.no_grad():
         w = nudged.stem.conv.weight.view(-1)

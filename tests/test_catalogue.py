@@ -65,18 +65,28 @@ def test_names_codes_and_colours_of_well_known_structures(default_tasks):
     assert c.structure_of(bcv) is c.structure_of(by_name["ct_abdomen_ts_portal_vein_and_splenic_vein"])
 
 
-def test_duplicates_of_the_default_model_merge_into_one_entry(default_tasks):
-    ct_tasks = [t for t in default_tasks if "CT" in t.modalities]
-    choices = catalogue().choices(default_tasks, "CT")
-    merged = {ch.structure.name: sorted(t.name for t in ch.tasks) for ch in choices if len(ch.tasks) > 1}
-    assert merged == {
-        "Spinal cord": ["ct_abdomen_ts_spinal_cord", "ct_body_tsdataset_spinal_cord"],
-        "Left autochthonous back muscles": ["ct_abdomen_ts_autochthon_left", "ct_body_tsdataset_autochthon_left"],
-        "Right autochthonous back muscles": ["ct_abdomen_ts_autochthon_right", "ct_body_tsdataset_autochthon_right"],
-        "Upper lobe of left lung": ["ct_abdomen_ts_lung_upper_lobe_left", "ct_body_tsdataset_lung_upper_lobe_left"],
-    }
-    assert len(choices) == len(ct_tasks) - 4
-    assert len({ch.structure.name for ch in choices}) == len(choices)
+def test_the_default_model_has_one_task_per_structure_and_modality(default_tasks):
+    """The default model is trained on the catalogue: the four structures both TotalSegmentator CT subjects label
+    (spinal cord, autochthon left and right, upper lobe of the left lung) are one task each, learned from both."""
+    for modality in ("CT", "MR", "MR-T1", "MR-T1c"):
+        tasks = [t for t in default_tasks if modality in t.modalities]
+        choices = catalogue().choices(default_tasks, modality)
+        assert len(choices) == len(tasks), [sorted(t.name for t in ch.tasks) for ch in choices if len(ch.tasks) > 1]
+    by_name = {t.name: t for t in default_tasks}
+    for structure in ("spinal_cord", "autochthon_left", "autochthon_right", "lung_upper_lobe_left"):
+        assert f"ct_body_tsdataset_{structure}" not in by_name
+        assert "ct_abdomen_ts, ct_body_tsdataset" in by_name[f"ct_abdomen_ts_{structure}"].description
+
+
+def test_tasks_of_two_datasets_for_one_structure_merge_into_one_entry(default_tasks):
+    spinal = next(t for t in default_tasks if t.name == "ct_abdomen_ts_spinal_cord")
+    other = copy.deepcopy(spinal)
+    other.name, other.group = "site_b_spinal_cord", "site_b"
+    tasks = [*default_tasks, other]
+    choices = catalogue().choices(tasks, "CT")
+    merged = {ch.structure.name: [t.name for t in ch.tasks] for ch in choices if len(ch.tasks) > 1}
+    assert merged == {"Spinal cord": ["ct_abdomen_ts_spinal_cord", "site_b_spinal_cord"]}
+    assert len(choices) == len([t for t in tasks if "CT" in t.modalities]) - 1
 
 
 def test_official_liver_is_one_entry_per_modality_with_the_protocol_visible():
@@ -95,7 +105,9 @@ def test_official_liver_is_one_entry_per_modality_with_the_protocol_visible():
 
 
 def test_the_preferred_task_is_the_best_measured_one(default_tasks):
-    tasks = copy.deepcopy([t for t in default_tasks if t.name.endswith("_spinal_cord") and "CT" in t.modalities])
+    spinal = next(t for t in default_tasks if t.name == "ct_abdomen_ts_spinal_cord")
+    tasks = [copy.deepcopy(spinal), copy.deepcopy(spinal)]
+    tasks[1].name, tasks[1].group = "site_b_spinal_cord", "site_b"
     tasks[0].quality = {"heldout_dice": 0.2, "heldout_cases": 1, "source": "test"}
     tasks[1].quality = {"heldout_dice": 0.6, "heldout_cases": 1, "source": "test"}
     (choice,) = catalogue().choices(tasks, "CT")

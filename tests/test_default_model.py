@@ -28,7 +28,7 @@ def test_default_model_is_found_and_shippable():
 
 def test_segment_without_model_uses_the_default_and_finds_the_brain(tmp_path):
     """Without --model and --tasks: the default model runs only its MR-T1 task with held-out evidence (the brain
-    mask, Dice 0.83 on the MNI template), not the 14 unmeasured deep-structure and tissue tasks."""
+    mask, Dice 0.90 on the MNI template), not the 14 unmeasured deep-structure and tissue tasks."""
     image = require(COLIN / "imagesTr" / "colin27_ch2_0000.nii.gz")
     out = tmp_path / "out"
     assert main(["segment", str(image), "-o", str(out), "--modality", "MR-T1", "--nifti", "--progress", "none"]) == 0

@@ -22,7 +22,7 @@ from hermesseg.compatibility import compatibility_fingerprint
 from hermesseg.imageio import read_image
 from hermesseg.inference.sliding_window import sliding_window_probabilities
 from hermesseg.model import load_model
-from hermesseg.model_file import read_model_state
+from hermesseg.model_file import read_manifest, read_model_state
 from hermesseg.preprocessing import Preprocessing, normalize_intensity, resample_label_to_grid, to_model_grid
 from hermesseg.training.finetune import FinetuneRequest, finetune
 from hermesseg.training.loop import prepare_optimisation, scaled_groups
@@ -34,6 +34,7 @@ from new_task_helpers import assert_refused, assert_sigterm_cancels, dataset_sub
 from threads import one_torch_thread  # noqa: F401 (autouse fixture)
 
 BASE = REPO / "Resources" / "Models" / "hermes-mini.safetensors"
+N_BASE = len(read_manifest(BASE).tasks)
 ACDC = DATA / "mr_cine_heart_acdc"
 BREAST = DATA / "mr_breast_lesion"
 ABDOMEN = DATA / "mr_abdomen_ts"
@@ -113,7 +114,7 @@ def test_done_event_progress_and_forgetting_not_measured(acdc_run):
     manifest, _ = read_model_state(out)
     assert manifest.card["fine_tuned"][-1]["forgetting"] == o["forgetting"]
     assert manifest.card["fine_tuned"][-1]["held_out_dice"] == o["held_out_dice"]
-    assert [m.name for m in manifest.modalities][-1] == "MR-cine" and manifest.tasks[113].modalities == ["MR-cine"]
+    assert [m.name for m in manifest.modalities][-1] == "MR-cine" and manifest.tasks[N_BASE].modalities == ["MR-cine"]
     d = manifest.lineage[-1].details
     assert manifest.lineage[-1].operation == "finetune" and d["held_out"]["dice"] == o["held_out_dice"]
     assert len({c.split("_")[0] for c in d["held_out"]["held_out_cases"]}) == 1
@@ -158,7 +159,7 @@ def test_parent_file_unchanged_and_every_kind_of_weight_trained(replay_run):
         assert any(n.startswith(prefix) for n in changed), prefix
     tables = [n for n in state if n.endswith(".task_prior")]
     assert all(n in changed for n in tables)  # the parent's own rows moved too: nothing is frozen
-    assert all(state[n].shape[0] == 114 for n in tables)
+    assert all(state[n].shape[0] == N_BASE + 1 for n in tables)
 
 
 def test_backbone_trains_at_the_scaled_learning_rate(replay_run):

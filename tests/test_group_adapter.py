@@ -23,7 +23,7 @@ from safetensors.torch import save_file
 from hermesseg.cli import main
 from hermesseg.manifest import LineageRecord, ModalityEntry, TaskEntry, manifest_digest
 from hermesseg.model import load_model
-from hermesseg.model_file import MANIFEST_DIGEST_KEY, MANIFEST_KEY, read_model_state, save_model
+from hermesseg.model_file import MANIFEST_DIGEST_KEY, MANIFEST_KEY, read_manifest, read_model_state, save_model
 from hermesseg.network.config import AdapterConfig
 from hermesseg.preprocessing import Preprocessing, normalize_intensity, to_model_grid
 from hermesseg.task_pack import read_pack
@@ -33,6 +33,7 @@ from paths import DATA, REPO, require
 from threads import one_torch_thread  # noqa: F401 (autouse fixture)
 
 BASE = REPO / "Resources" / "Models" / "hermes-mini.safetensors"
+N = len(read_manifest(BASE).tasks)  # the base model's tasks: the heart group's rows are N, N + 1, N + 2
 ACDC = DATA / "mr_cine_heart_acdc"
 GROUP = "heart"
 TASKS = ["heart_right_ventricle", "heart_myocardium", "heart_left_ventricle"]
@@ -88,7 +89,7 @@ def test_adapter_tensors_are_named_by_the_group_and_described_in_the_manifest(wo
     adapter = sorted(k for k in state if k.startswith("adapters."))
     assert adapter and all(k.startswith("adapters.heart.") for k in adapter)
     assert set(state) - set(adapter) == set(base_state)
-    assert manifest.architecture["adapters"] == [{"group": "heart", "task_ids": [113, 114, 115],
+    assert manifest.architecture["adapters"] == [{"group": "heart", "task_ids": [N, N + 1, N + 2],
                                                   "design": "residual-unet", "width": 8, "levels": 3, "blocks": 1}]
     assert "adapters" not in read_model_state(BASE)[0].architecture  # models without adapters keep their manifest
 
@@ -98,7 +99,7 @@ def test_the_adapter_runs_only_for_its_group(work, cine):
     decodes several groups of one window together) keeps its exact logits."""
     _, taught = work
     base, child = load_model(BASE), load_model(taught)
-    new = [113, 114, 115, -1]
+    new = [N, N + 1, N + 2, -1]
     abdomen = [t.id for t in base.manifest.tasks if t.group == "mr_abdomen_ts"] + [-1]
     for _, ids, modality in group_queries(base.manifest):
         assert torch.equal(_logits(base, [ids], [modality], cine), _logits(child, [ids], [modality], cine))
@@ -130,7 +131,7 @@ def test_a_task_pack_carries_the_adapter_and_round_trips_to_identical_logits(wor
     assert fresh.read_bytes() == BASE.read_bytes()
     a, b = load_model(taught), load_model(imported)
     assert b.manifest.config.adapters == a.manifest.config.adapters
-    new = [[113, 114, 115, -1]]
+    new = [[N, N + 1, N + 2, -1]]
     assert torch.equal(_logits(b, new, [4], cine), _logits(a, new, [4], cine))
     capsys.readouterr()
     assert main(["info", str(imported)]) == 0
@@ -159,9 +160,9 @@ def _set(key, value):
 @pytest.mark.parametrize("edit, drop, message", [
     (_set("width", "8"), None, r"adapter heart: width must be an integer in 1\.\.256, got '8'"),
     (_set("group", "heart.1"), None, r"adapter group 'heart\.1' is not a name"),
-    (_set("task_ids", [0, 114]), None, r"adapter 'heart' names task row 0, which is not a task of group 'heart'"),
-    (_set("task_ids", [113, 113, 115]), None, r"task_ids name a row twice"),
-    (_set("task_ids", [113, 114, 900]), None, r"adapter task row 900 is outside the task table"),
+    (_set("task_ids", [0, N + 1]), None, r"adapter 'heart' names task row 0, which is not a task of group 'heart'"),
+    (_set("task_ids", [N, N, N + 2]), None, r"task_ids name a row twice"),
+    (_set("task_ids", [N, N + 1, 900]), None, r"adapter task row 900 is outside the task table"),
     (_set("colour", 1), None, r"unknown adapter keys: \['colour'\]"),
     (lambda arch: arch.__setitem__("adapters", {"group": "heart"}), None, r"adapters must be a list"),
     (_set("levels", 2), None, r"unexpected tensor 'adapters\.heart\.down\.1\."),

@@ -185,7 +185,7 @@ def test_shipped_model_still_loads_and_info_shows_its_identity(capsys):
     assert f"identity: manifest {model_identity(SHIPPED)[:12]}" in out
     assert main(["info", str(SHIPPED), "--json"]) == 0
     summary = json.loads(capsys.readouterr().out)
-    assert summary["manifest_sha256"] == model_identity(SHIPPED) and len(summary["tasks"]) == 113
+    assert summary["manifest_sha256"] == model_identity(SHIPPED) and len(summary["tasks"]) == 109
 
 
 # ------------------------------------------------------------------------------------------------ datasets

@@ -249,20 +249,22 @@ def test_failing_process_reports_its_error_and_imports_nothing(model):
 
 
 def test_a_structure_not_found_is_reported_with_its_reason_in_the_log():
-    """The default model on an abdominal CT, asked for the brain: its mask is unconfident, so nothing is imported and
-    the job says why (the same line is in the log, from the engine's progress)."""
+    """The default model on an abdominal CT, asked for the left subclavian artery (above this image): its mask is
+    unconfident, so nothing is imported and the job says why (the same line is in the log, from the engine's
+    progress)."""
     scene = new_scene()
     volume = load_volume(scene, CT_IMAGE)
     before = scene_snapshot(scene)
     finished, log = [], []
-    with pytest.raises(HermesSegmentationError, match=r"^not found in this image: ct_body_tsdataset_brain "
+    with pytest.raises(HermesSegmentationError, match=r"^not found in this image: "
+                                                      r"ct_body_tsdataset_subclavian_artery_left "
                                                       r"\(not confident: mean probability 0\.\d\d"):
-        HermesSegmentationLogic(scene).segment(volume, "CT", ["ct_body_tsdataset_brain"],
+        HermesSegmentationLogic(scene).segment(volume, "CT", ["ct_body_tsdataset_subclavian_artery_left"],
                                                modelPath=models.defaultModelPath(), device="cpu",
                                                waitForCompletion=True, onFinished=finished.append, onLog=log.append)
     assert finished[0].state == JobState.FAILED and finished[0].segmentationNode is None
-    assert any(line.startswith("[write] not found in this image: ct_body_tsdataset_brain (not confident")
-               for line in log), log
+    assert any(line.startswith("[write] not found in this image: ct_body_tsdataset_subclavian_artery_left "
+                               "(not confident") for line in log), log
     assert scene_snapshot(scene) == before
 
 

@@ -98,8 +98,8 @@ def test_read_without_torch_equals_the_engines_info_for_every_kind_of_model(offi
         assert len(engine.pop("compatibility_fingerprint")) == 64
         assert info == engine, path.name
     default, official, trained = infos
-    assert default["name"] == "hermes-mini" and len(default["tasks"]) == 113
-    assert default["num_parameters"] == 3_852_916  # the model card's count
+    assert default["name"] == "hermes-mini" and len(default["tasks"]) == 109
+    assert default["num_parameters"] == 3_851_828  # the model card's count
     assert official["name"] == "hermes-r-official-base8" and len(official["tasks"]) == 71
     assert trained["lineage"][-1]["operation"] == "train" and trained["lineage"][-1]["datasets"] == [
         "mr_brain_tissue_mni"]

@@ -240,7 +240,7 @@ def _flip_bit(t):
     ("row_count", lambda s, d: _rewrite_pack(s, d, edit_tensors=lambda t: t.update(
         {"fusion.0.task_prior": t["fusion.0.task_prior"][:2].clone()})), "'fusion.0.task_prior' has shape (2, 32)"),
     ("width", lambda s, d: _rewrite_pack(s, d, edit_tensors=lambda t: t.update(
-        {"fusion.0.task_prior": torch.zeros(3, 33)})), "does not fit the base model's (113, 32)"),
+        {"fusion.0.task_prior": torch.zeros(3, 33)})), "does not fit the base model's (109, 32)"),
     ("block", lambda s, d: _rewrite_pack(s, d, edit_tensors=lambda t: t["fusion.3.modality_prior"].mul_(2)),
      "prior tokens of modality 'MR-cine' do not match"),
     ("not_json", lambda s, d: _rewrite_pack(s, d, edit_meta=None, edit_tensors=None) and _rewrite_raw(d, "{tasks"),
