@@ -12,10 +12,11 @@ patient are always on the same side) and scored with the engine's evaluation on 
   its wall time counts preprocessing and training, as add-task's does, not the scoring.
 
 Hermes Dice is scored twice: as ``segment`` draws it (the found rule on: a mask it rejects counts as 0) and with
-every mask that reaches 0.5 (the rule off, as the U-Net is scored). Also measured: wall time, trained parameters (elements new or changed against the base), pack size (``export-task``)
-and forgetting (maximum absolute logit change of every base task, queried in its own group, on a held-out image).
-Methods the installed ``hermesseg`` does not offer are reported as "not available". The table is printed with the
-load average and the Dice ratio against the U-Net of the same run, and written as JSON.
+every mask that reaches 0.5 (the rule off, as the U-Net is scored). Also measured: wall time, trained parameters
+(elements new or changed against the base), pack size (``export-task``) and forgetting (maximum absolute logit
+change of every base task, queried in its own group, on a held-out image). Methods the installed ``hermesseg`` does
+not offer are reported as "not available". The table is printed with the load average and the Dice ratio against the
+U-Net of the same run, and written as JSON.
 
     PYTHONPATH=. .venv/bin/python benchmarks/bench_add_task.py --datasets acdc --k 1,2,5 --methods priors,unet \
         --json runs/bench_add_task.json
@@ -215,6 +216,7 @@ def score_hermes(model_path: Path, heldout: Path, base, patch, args) -> dict:
     meta = json.loads((heldout / "dataset.json").read_text())
     labels = [k for k, v in meta["labels"].items() if int(v) != 0]
     task_map = new_task_map(base.manifest, model.manifest, meta["name"], labels)
+
     def dice_per_label(options) -> dict[str, float]:
         per_task = evaluate(model, [heldout], task_map=task_map, options=options).summary("task")
         return {label: per_task[task_map[f"{meta['name']}/{label}"]]["dice_mean"] for label in labels
@@ -390,14 +392,15 @@ def _fmt(value, spec: str) -> str:
 def format_row(r: dict) -> str:
     dice = " ".join(f"{k}={v:.3f}" for k, v in (r.get("dice") or {}).items())
     return (f"| {r['dataset']} | {r['k']} ({r['volumes']} vol) | {r['method']} | {r.get('status')} | "
-            f"{_fmt(r.get('mean_dice'), '.3f')} | {_fmt(r.get('mean_dice_without_found_rule'), '.3f')} | {dice or '-'} | {_fmt(r.get('wall_s'), '.0f')} | "
+            f"{_fmt(r.get('mean_dice'), '.3f')} | {_fmt(r.get('mean_dice_without_found_rule'), '.3f')} | "
+            f"{dice or '-'} | {_fmt(r.get('wall_s'), '.0f')} | "
             f"{_fmt(r.get('trained_parameters'), ',')} | {_fmt(r.get('pack_bytes'), ',')} | "
             f"{_fmt(r.get('forgetting'), '.3g')} | {_fmt(r.get('vs_unet'), '.2f')} | {_fmt(r.get('vs_k10'), '.2f')} | "
             f"{' '.join(f'{x:.1f}' for x in r.get('load_average', ()))} |")
 
 
-HEADER = ("| dataset | k patients | method | status | mean Dice | without found rule | Dice per structure | wall s | trained params | "
-          "pack bytes | forgetting | vs U-Net | vs k=10 | load avg |\n|" + "---|" * 14)
+HEADER = ("| dataset | k patients | method | status | mean Dice | without found rule | Dice per structure | wall s | "
+          "trained params | pack bytes | forgetting | vs U-Net | vs k=10 | load avg |\n|" + "---|" * 14)
 
 
 def parse_args(argv=None):

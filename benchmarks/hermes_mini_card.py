@@ -41,9 +41,9 @@ def quality_section(manifest) -> list[str]:
         "(ct_lung_tumour lung1, mr_brain_tumour_t1c brain1), and *another subject*: a task scored on another "
         "subject's image where the same structure is labelled (the skull on the ct_head_bone head CT, whose bone mask "
         "is a HU >= 226 threshold; Colin27's brain mask on the MNI152 template, brain = its grey + white matter; the "
-        "brain tumour task also on the four BraTS 2013 T1c cases, whole tumour = union of the sub-regions; ct_head_bone "
-        "and BraTS are internal benchmark data that is not shippable). The structures both TotalSegmentator CT "
-        "subjects label (spinal cord, autochthon left and right, upper lobe of the left lung) are one task each, "
+        "brain tumour task also on the four BraTS 2013 T1c cases, whole tumour = union of the sub-regions; "
+        "ct_head_bone and BraTS are internal benchmark data that is not shippable). The structures both "
+        "TotalSegmentator CT subjects label (spinal cord, autochthon left and right, upper lobe of the left lung) are one task each, "
         "trained on both subjects, so no image is held out for them. "
         f"{len(manifest.tasks) - len(measured)} of {len(manifest.tasks)} tasks have no such image: their quality is "
         "*seen in training only*.",

@@ -50,7 +50,7 @@ def main() -> None:
 
     info = model_summary(args.model or default_model_path())
     colours = {t["name"]: np.array(t["color"]) / 255.0 for t in info["tasks"]}
-    shown = {t["name"]: t.get("display_name") or t["name"].replace("_", " ") for t in info["tasks"]}
+    shown = {t["name"]: t["display_name"] for t in info["tasks"]}  # the name Slicer shows
     image = lps_array(Path(args.image)).astype(np.float32)
     lo, hi = np.percentile(image[image > 0], (1, 99.5))
     masks = {p.name.removesuffix(".nii.gz"): lps_array(p) > 0 for p in sorted(args.masks.glob("*.nii.gz"))}
@@ -68,7 +68,7 @@ def main() -> None:
             overlay[mask > 0] = (*colours[name], 0.35)
             axis.imshow(overlay, interpolation="nearest")
             axis.contour(mask, levels=[0.5], colors=[colours[name]], linewidths=1.5)
-    handles = [Patch(color=colours[n], label=shown.get(n, n)) for n in order]  # the name Slicer shows
+    handles = [Patch(color=colours[n], label=shown[n]) for n in order]
     fig.legend(handles=handles, loc="lower center", ncol=len(handles), frameon=False, labelcolor="white")
     fig.suptitle(f"Hermes Segmentation: {info['name']} {info['version']} on a T1 brain MR (rendered slices)",
                  color="white")

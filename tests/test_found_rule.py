@@ -39,11 +39,12 @@ def test_an_absent_structure_is_not_found_with_its_reason_and_a_present_one_is_d
     is unconfident (mean probability 0.51): not found; the liver is there and drawn (Dice 0.75 against the image's
     labels)."""
     image = CT_ABDOMEN / "imagesTr" / "example_ct_sm_0000.nii.gz"
-    events, record = _segment(image, tmp_path, "--tasks", "ct_body_tsdataset_subclavian_artery_left,ct_abdomen_ts_liver")
-    assert record["not_found"] == ["ct_body_tsdataset_subclavian_artery_left"] and record["found"] == ["ct_abdomen_ts_liver"]
-    reason = record["not_found_reasons"]["ct_body_tsdataset_subclavian_artery_left"]
+    absent = "ct_body_tsdataset_subclavian_artery_left"
+    events, record = _segment(image, tmp_path, "--tasks", f"{absent},ct_abdomen_ts_liver")
+    assert record["not_found"] == [absent] and record["found"] == ["ct_abdomen_ts_liver"]
+    reason = record["not_found_reasons"][absent]
     assert reason.startswith("not confident: mean probability 0.") and "(needs 0.73)" in reason, reason
-    assert any(e["message"] == f"not found in this image: ct_body_tsdataset_subclavian_artery_left ({reason})" for e in events)
+    assert any(e["message"] == f"not found in this image: {absent} ({reason})" for e in events)
     seg = slicerio.read_segmentation(record["segmentation"])
     assert [s["id"] for s in seg["segments"]] == ["ct_abdomen_ts_liver"]
     labels = sitk.GetArrayFromImage(sitk.ReadImage(str(CT_ABDOMEN / "labelsTr" / "example_ct_sm.nii.gz")))

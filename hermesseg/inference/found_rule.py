@@ -20,9 +20,9 @@ structures on the left-out images, so expect about that on new images. The rule 
 1.0.0 (half the training) was less confident, and its rule (0.70, 25%) took its false masks from 65 to 29; on 1.1.0
 the same rule leaves 52 of 63. Not used, because alone they cost more good masks than they remove false ones: the
 share inside the body mask (at 0.99: 6 false masks fewer, 5 good ones lost) and the number of pieces (at most 10: 34
-false masks fewer, 10 good ones lost; the largest piece's share does better). An absent structure
-the model draws confidently and in one piece (the brain task on an abdomen CT: mean probability 0.82, 63% in one
-piece) is beyond this evidence. ``segment --keep-unconfident`` draws every mask that reaches the threshold.
+false masks fewer, 10 good ones lost; the largest piece's share does better). An absent structure the model draws
+confidently and in one piece (the brain task on an abdomen CT: mean probability 0.82, 63% in one piece) is beyond
+this evidence. ``segment --keep-unconfident`` draws every mask that reaches the threshold.
 """
 
 from __future__ import annotations
