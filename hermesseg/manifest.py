@@ -57,6 +57,9 @@ class TaskEntry:
     # Measured on images the task's labels never came from: {"heldout_dice": float, "heldout_cases": int,
     # "source": str}; None = seen in training only (no such measurement).
     quality: dict | None = None
+    # Keep only the largest connected piece of the mask (segment removes the others before the found rule): chosen
+    # by add-task and finetune when it raised the Dice on their held-out cases (training/postprocessing.py).
+    keep_largest_component: bool = False
 
 
 @dataclass
@@ -197,6 +200,9 @@ class Manifest:
             if len(t.color) != 3 or not all(type(c) is int and 0 <= c <= 255 for c in t.color):
                 raise ModelFileError(f"task {t.name!r} has an invalid colour {t.color!r}")
             check_quality(t)
+            if not isinstance(t.keep_largest_component, bool):
+                raise ModelFileError(f"task {t.name!r}: keep_largest_component must be true or false, "
+                                     f"not {shown(t.keep_largest_component)}")
             seen_ids.add(t.id)
             seen_names.add(t.name)
         by_id = {t.id: t for t in self.tasks}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import SimpleITK as sitk
+import torch
 
 Box = tuple[slice, slice, slice]
 
@@ -31,3 +32,17 @@ def largest_component(mask: np.ndarray, fully_connected: bool = True) -> np.ndar
         return mask
     labels = sitk.ConnectedComponent(sitk.GetImageFromArray(mask.astype(np.uint8)), fully_connected)
     return sitk.GetArrayFromImage(sitk.RelabelComponent(labels, sortByObjectSize=True)) == 1
+
+
+def largest_piece_only(probability, threshold: float):
+    """``probability`` (torch, z y x, any device) with every voxel that reaches ``threshold`` outside its largest
+    connected piece set to 0: thresholding it gives the largest component of the thresholded map, and the found
+    rule's evidence describes that piece. Only the box around the thresholded voxels visits the host."""
+    box = bounding_box(probability >= threshold)
+    if box is None:
+        return probability
+    region = probability[box]
+    keep = torch.from_numpy(largest_component((region >= threshold).cpu().numpy())).to(region.device)
+    out = probability.clone()
+    out[box] = torch.where(keep | (region < threshold), region, torch.zeros_like(region))
+    return out

@@ -139,6 +139,15 @@ def test_held_out_report_lineage_card_and_progress(acdc_run):
             "heldout_dice": dice, "heldout_cases": len(held["held_out_cases"]),
             "source": "held-out cases of its split; the saved weights were then refit on every case"})
     assert [t.quality for t in manifest.tasks[:N_BASE]] == [t.quality for t in base.tasks]
+    # The held-out cases chose, per new task, whether segment keeps only its largest piece; the Dice reported is the
+    # chosen one's, and each choice was scored (postprocessing.py).
+    keep = held["keep_largest_component"]
+    assert keep == [t.name for t in manifest.tasks[-3:] if t.keep_largest_component]
+    for name, dice in held["dice"].items():
+        all_pieces, largest = held["dice_all_pieces"][name], held["dice_largest_piece"][name]
+        assert dice == (largest if name in keep else all_pieces)
+        assert name not in keep or largest > all_pieces
+    assert not any(t.keep_largest_component for t in manifest.tasks[:N_BASE])
     assert manifest.card["parent"]["weights_sha256"] == base.weights_sha256
 
     steps = [e for e in events if e.get("stage") in ("held-out training", "refit")]

@@ -50,6 +50,25 @@ def test_boxed_masks_equal_whole_volume_masks(name):
     assert not results[3].found and not whole[3].any()
 
 
+def test_a_task_that_keeps_its_largest_piece_draws_only_that_piece():
+    """A big and a small blob in one channel: the task flagged ``keep_largest_component`` (as add-task flags it when
+    held-out cases say so) draws the big blob's mask, voxel for voxel, and the unflagged task draws both."""
+    image = read_image(require(IMAGES["lung1"]))
+    grid = to_model_grid(image, (3.0, 3.0, 3.0))
+    shape = tuple(reversed(grid.GetSize()))
+    middle = tuple(n // 2 for n in shape)
+    big, small = _blobs(shape, [middle, (middle[0], middle[1], 8)], 3.0)
+    one = np.maximum(big, 0.75 * small)[None]  # the small blob reaches the threshold on fewer voxels
+    probs = torch.from_numpy(np.concatenate([one, one]))
+    tasks = [_task(0), TaskEntry(id=1, name="t1", group="g", modalities=["CT"], keep_largest_component=True)]
+    results = list(on_input_grid(ModelSpacePrediction(tasks, probs, grid, image, InferenceOptions(found_rule=NO_RULE))))
+    both = resample_to_input(one, grid, image)[0] >= 0.5
+    big_only = resample_to_input(big[None], grid, image)[0] >= 0.5
+    assert np.array_equal(results[0].full_mask(both.shape), both) and results[0].evidence.components == 2
+    assert np.array_equal(results[1].full_mask(both.shape), big_only) and results[1].evidence.components == 1
+    assert 0 < big_only.sum() < both.sum()
+
+
 def _permuted_flipped(image):
     return sitk.Flip(sitk.PermuteAxes(image, [2, 0, 1]), [True, False, True])
 

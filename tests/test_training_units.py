@@ -282,3 +282,29 @@ def test_a_checkpoint_write_failing_midway_leaves_the_previous_one(tmp_path, mon
     assert path.read_bytes() == before
     assert load_checkpoint(path)["iteration"] == 10
     assert os.listdir(tmp_path) == ["checkpoint.pt"]  # the partial temporary file is gone
+
+
+def test_held_out_scoring_draws_as_segment_does_and_the_largest_piece_wins_only_when_it_helps():
+    """A real ACDC left ventricle as the probability's true piece, plus a false piece far from the heart: keeping the
+    largest piece gives Dice 1, keeping both less; a scatter of small pieces is rejected by the found rule (Dice 0,
+    as segment would draw nothing); the choice follows the held-out Dice, task by task."""
+    import SimpleITK as sitk
+
+    from hermesseg.inference.found_rule import DEFAULT_RULE, NO_RULE
+    from hermesseg.masks import largest_piece_only
+    from hermesseg.training.postprocessing import HeldOutScores, drawn_dice
+
+    label = sitk.GetArrayFromImage(sitk.ReadImage(str(require(
+        DATA / "mr_cine_heart_acdc" / "labelsTr" / "patient001_frame01.nii.gz"))))
+    truth = label == 3
+    probability = torch.from_numpy(truth.astype(np.float32) * 0.95)
+    probability[:, :20, :20] = 0.95  # a false piece in a corner, far from the heart
+    assert not truth[:, :20, :20].any()
+    assert drawn_dice(probability, truth, (1.0, 1.0, 1.0), NO_RULE) < 0.9
+    assert drawn_dice(largest_piece_only(probability, 0.5), truth, (1.0, 1.0, 1.0), DEFAULT_RULE) == 1.0
+    scatter = torch.zeros(truth.shape)
+    scatter[:, ::4, ::4] = 0.95  # one-voxel columns: hundreds of pieces
+    assert drawn_dice(scatter, truth, (1.0, 1.0, 1.0), DEFAULT_RULE) == 0.0
+    assert drawn_dice(torch.zeros(truth.shape), np.zeros_like(truth), (1.0, 1.0, 1.0), NO_RULE) is None
+    scores = HeldOutScores({"lv": 0.6, "rv": 0.5, "myo": None}, {"lv": 0.9, "rv": 0.4, "myo": None})
+    assert scores.keep_largest == ["lv"] and scores.chosen == {"lv": 0.9, "rv": 0.5, "myo": None}

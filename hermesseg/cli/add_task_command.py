@@ -29,13 +29,13 @@ def register(sub) -> None:
 def run(args) -> int:
     from ..progress import Progress
     from ..training.add_task import AddTaskRequest, add_task  # torch and the trainer: only when the command runs
+    from ..training.new_task_cases import held_out_note
 
     progress = Progress(args.progress)
     request = AddTaskRequest(**request_fields(args), mode=args.mode, init_from=args.init_from)
     result = run_cancellable(progress, lambda p: add_task(request, p))
     held = result.held_out_dice
-    summary = ("held-out Dice " + ", ".join(f"{k} {v}" for k, v in held.items()) if held
-               else "no held-out figure (fewer than 3 case groups)")
+    summary = held_out_note(held, result.largest_piece_only)
     inits = "; ".join(f"{n} from {i['from']} ({i['reason']}"
                       + (f", soft Dice {i['soft_dice']})" if i["soft_dice"] is not None else ")")
                       for n, i in result.init.items())

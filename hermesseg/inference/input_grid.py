@@ -4,10 +4,12 @@ Each task's probability is resampled back (linear) and thresholded on the input 
 box where the probability reaches the threshold on the model grid, plus one model voxel (linear interpolation reads
 the 8 surrounding voxels, so no input voxel outside can reach the threshold), is resampled: the cost follows the size
 of the structure, not of the input, and a task that never reaches the threshold is "not found" without any
-resampling. A mask that reaches the threshold is drawn only when its evidence passes ``options.found_rule``
-(``found_rule.py``); otherwise the task is not found, with the rule's reason. Everything runs in torch on the
-device that holds the probabilities; only the boxed masks (and, when asked for, whole probability maps) come back to
-the host.
+resampling. A task that keeps only its largest piece (``TaskEntry.keep_largest_component``, chosen on held-out cases
+by add-task, or ``options.largest_component`` for every task) has its other pieces removed first, on the model grid,
+so its evidence, mask and probability map describe that piece. A mask that reaches the threshold is drawn only when
+its evidence passes ``options.found_rule`` (``found_rule.py``); otherwise the task is not found, with the rule's
+reason. Everything runs in torch on the device that holds the probabilities; only the boxed masks (and, when asked
+for, whole probability maps) come back to the host.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import numpy as np
 import torch
 
 from ..manifest import TaskEntry
-from ..masks import Box, bounding_box, largest_component
+from ..masks import Box, bounding_box, largest_piece_only
 from ..preprocessing import InputGridSampler
 from .found_rule import Evidence, task_evidence
 from .pipeline import INFER_END, ModelSpacePrediction
@@ -61,6 +63,8 @@ def on_input_grid(prediction: ModelSpacePrediction, probabilities: bool = False,
     spacing = prediction.model_grid.GetSpacing()
     for t, task in enumerate(prediction.tasks):
         channel = prediction.probabilities_tensor[t]
+        if options.largest_component or task.keep_largest_component:
+            channel = largest_piece_only(channel, options.threshold)
         evidence = task_evidence(channel, options.threshold, spacing, prediction.body_mask)
         reason = options.found_rule.reason(evidence, options.threshold)
         whole = sampler.sample(channel) if probabilities or not options.crop_resample else None
@@ -76,11 +80,6 @@ def on_input_grid(prediction: ModelSpacePrediction, probabilities: bool = False,
             result = TaskOnInputGrid(task, None, np.zeros((0, 0, 0), np.uint8), reason=reason)
         else:
             mask = mask[tight]
-            if options.largest_component:
-                mask = largest_component(mask)
-                tight2 = bounding_box(mask)
-                mask, tight = mask[tight2], tuple(slice(a.start + b.start, a.start + b.stop)
-                                                  for a, b in zip(tight, tight2))
             result = TaskOnInputGrid(task, tuple(slice(b.start + s.start, b.start + s.stop)
                                                  for b, s in zip(box, tight)), mask.astype(np.uint8))
         result.evidence = evidence

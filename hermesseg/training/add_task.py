@@ -11,7 +11,8 @@ A composition of the shared parts (``finetune`` is the other one):
    (unless ``--no-refit``) train again from the same start on all cases (``phase``); the loop's trainable-parameter
    hook hands the optimiser the new rows only (``loop.new_prior_rows``, ``--mode priors``) or the new rows and a
    group adapter that only the new group's queries run through (``loop.new_rows_and_adapter``, ``--mode adapter``,
-   ``hermesseg.network.group_adapter``);
+   ``hermesseg.network.group_adapter``); the held-out cases also choose which new tasks keep only their largest
+   piece (``postprocessing``);
 5. fold the new rows into the saved tables, verify that every base task gives bit-identical logits
    (``forgetting``), write the model file atomically (``child_manifest``, ``save_model``).
 
@@ -42,7 +43,6 @@ from .new_task_request import NewTaskData, NewTaskRequest, NewTaskResult, check_
 from .phase import phase_config, train_phase
 from .run_clock import RunClock
 from .sampling import Source
-from .task_quality import held_out_quality, with_quality
 
 CHECK_WINDOW = 32  # the forgetting check's window edge (voxels): bit-identity does not depend on the window size
 CHECK_STEPS = 12  # the check and the write take about as long as this many training steps (8 groups, 2 models)
@@ -116,7 +116,7 @@ def add_task(request: AddTaskRequest, progress=None) -> AddTaskResult:
     wall = clock.elapsed()
     check = {"queries": report.queries, "tasks": report.tasks, "max_abs_logit_difference": report.max_abs_difference,
              "image": f"{cases.every[0].dataset}/{cases.every[0].case} (centre {CHECK_WINDOW}^3 window)"}
-    note = held_out_note(held)
+    note = held_out_note(held, trained.keep_largest)
     details = {"mode": request.mode, **run_details(checked, request, total_steps, wall, str(ctx.device)),
                "init": rows.init, "held_out": trained.record, "forgetting_check": check}
     card_entry = {"tasks": rows.names, "group": checked.group, "mode": request.mode, "init": rows.init,
@@ -126,8 +126,7 @@ def add_task(request: AddTaskRequest, progress=None) -> AddTaskResult:
     new_manifest = child_manifest(checked, out_net, cases, rows.query, "add-task",
                                   f"--mode {request.mode}, {total_steps} steps, {note}", details, "added_tasks",
                                   card_entry)
-    new_manifest.tasks = with_quality(new_manifest.tasks, held_out_quality(trained.record, request.refit),
-                                      set(rows.names))
+    new_manifest.tasks = trained.applied(new_manifest.tasks, rows.names, request.refit)
     clock.event("write", f"writing {request.output}")
     new_manifest = save_model(request.output, out_net, new_manifest)
     return AddTaskResult(Path(request.output), new_manifest, rows.names, held, total_steps, wall, rows.init)

@@ -109,7 +109,7 @@ def finetune(request: FinetuneRequest, progress=None) -> FinetuneResult:
     record = forgetting.after(out_net, clock)
 
     wall = clock.elapsed()
-    note = f"{held_out_note(trained.dice)}; {forgetting_note(record)}"
+    note = f"{held_out_note(trained.dice, trained.keep_largest)}; {forgetting_note(record)}"
     details = {"method": "finetune", **run_details(checked, request, trained.steps, wall, str(ctx.device)),
                "lr": float(request.lr), "backbone_lr_scale": float(request.backbone_lr_scale),
                "parameter_groups": trained.result.groups, "samples": trained.result.samples,
@@ -121,6 +121,7 @@ def finetune(request: FinetuneRequest, progress=None) -> FinetuneResult:
                           f"Dice on the model grid; {note}."}
     new_manifest = child_manifest(checked, out_net, cases, rows.query, "finetune",
                                   f"{trained.steps} steps, {note}", details, "fine_tuned", card_entry)
+    new_manifest.tasks = trained.applied(new_manifest.tasks, rows.names, request.refit)
     clock.event("write", f"writing {request.output}")
     new_manifest = save_model(request.output, out_net, new_manifest)
     return FinetuneResult(Path(request.output), new_manifest, rows.names, trained.dice, trained.steps, wall,

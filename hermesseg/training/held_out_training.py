@@ -1,6 +1,7 @@
 """The held-out protocol add-task and finetune share: with enough case groups, train on the seeded split, report
 Dice per new task on the held-out cases, then (unless ``--no-refit``) train again from the same start on every case;
-with fewer, train once on every case and say that no held-out figure exists.
+with fewer, train once on every case and say that no held-out figure exists. The held-out cases also choose
+which new tasks keep only their largest piece (``postprocessing``); the reported Dice is the chosen one.
 
 The time shares keep the whole command inside ``--time-limit``: the first phase gets 45 % of what is left when a
 refit follows (90 % without), the last phase 95 % of what is then left; the caller's ``phase`` subtracts the work
@@ -10,14 +11,16 @@ after training.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Sequence
 
 from .cache import CachedCase
 from .new_rows import NewRows
 from .new_task_cases import NewTaskCases
 from .phase import PhaseResult
 from .run_clock import RunClock
-from .validation import mean_dice_per_task
+from .task_quality import held_out_quality, with_quality
+from ..manifest import TaskEntry
+from .postprocessing import held_out_scores, with_largest_piece
 
 Phase = Callable[[list[CachedCase], str, float], PhaseResult]  # (cases, stage name, share of the time left)
 
@@ -27,26 +30,37 @@ class HeldOutTraining:
     result: PhaseResult  # the last phase: the weights the model file gets
     steps: int  # over every phase
     dice: dict[str, float | None] | None  # held-out Dice per new task; None without a held-out split
-    record: dict | None  # for lineage: train_cases, held_out_cases, steps, dice
+    record: dict | None  # for lineage: train_cases, held_out_cases, steps, dice (and of both piece choices)
+    keep_largest: list[str]  # the new tasks that keep only their largest piece (none without a held-out split)
+
+    def applied(self, tasks: Sequence[TaskEntry], new_tasks: Sequence[str], refit: bool) -> list[TaskEntry]:
+        """The manifest's ``tasks`` with what the held-out cases measured on the ``new_tasks``: their quality
+        (``task_quality``) and whether they keep only their largest piece."""
+        measured = set(new_tasks)
+        tasks = with_quality(tasks, held_out_quality(self.record, refit), measured)
+        return with_largest_piece(tasks, self.keep_largest, measured)
 
 
 def train_held_out_then_refit(phase: Phase, cases: NewTaskCases, rows: NewRows, refit: bool, device,
                               clock: RunClock) -> HeldOutTraining:
-    steps, dice, record, result = 0, None, None, None
+    steps, dice, record, result, keep = 0, None, None, None, []
     if cases.held_out:
         result = phase(cases.train, "held-out training", 0.45 if refit else 0.9)
         steps += result.steps
         clock.event("held-out", f"Dice on {len(cases.held)} held-out case(s)")
-        dice = mean_dice_per_task(result.network, cases.held, rows.query_with_null, rows.modality_id, rows.names,
-                                  cases.preprocessing.patch_size, device)
-        clock.event("held-out", "held-out Dice " + ", ".join(f"{k} {v}" for k, v in dice.items()),
+        scores = held_out_scores(result.network, cases.held, rows.query_with_null, rows.modality_id, rows.names,
+                                 cases.preprocessing.patch_size, cases.preprocessing.spacing, device)
+        dice, keep = scores.chosen, scores.keep_largest
+        kept = f"; largest piece only: {', '.join(keep)}" if keep else ""
+        clock.event("held-out", "held-out Dice " + ", ".join(f"{k} {v}" for k, v in dice.items()) + kept,
                     held_out_dice=dice)
         record = {"train_cases": [c.case for c in cases.train], "held_out_cases": [c.case for c in cases.held],
-                  "steps": result.steps, "dice": dice}
+                  "steps": result.steps, "dice": dice, "dice_all_pieces": scores.all_pieces,
+                  "dice_largest_piece": scores.largest_piece, "keep_largest_component": keep}
     if not cases.held_out or refit:
         result = phase(cases.every, "training" if not cases.held_out else "refit", 0.95)
         steps += result.steps
-    return HeldOutTraining(result, steps, dice, record)
+    return HeldOutTraining(result, steps, dice, record, keep)
 
 
 def planned_steps(held_out: bool, refit: bool, steps: int) -> int:

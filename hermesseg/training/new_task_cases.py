@@ -72,7 +72,9 @@ def prepare_cases(checked: NewTaskData, request: NewTaskRequest, splits: dict) -
                         [cache[(d.name, c.name)] for d in checked.datasets for c in d.cases])
 
 
-def held_out_note(dice: dict | None) -> str:
+def held_out_note(dice: dict | None, keep_largest=()) -> str:
     """The held-out figure in words, for lineage notes and model cards."""
-    return ("held-out Dice " + ", ".join(f"{k}={v}" for k, v in dice.items()) if dice
-            else f"no held-out figure (fewer than {MIN_GROUPS_FOR_HELD_OUT} case groups)")
+    if not dice:
+        return f"no held-out figure (fewer than {MIN_GROUPS_FOR_HELD_OUT} case groups)"
+    kept = f" (largest piece only: {', '.join(keep_largest)})" if keep_largest else ""
+    return "held-out Dice as segment draws it " + ", ".join(f"{k}={v}" for k, v in dice.items()) + kept

@@ -62,6 +62,12 @@ class NewTaskResult:
     steps: int
     wall_s: float
 
+    @property
+    def largest_piece_only(self) -> list[str]:
+        """The new tasks that keep only their largest piece (chosen on the held-out cases)."""
+        new = set(self.new_tasks)
+        return [t.name for t in self.manifest.tasks if t.name in new and t.keep_largest_component]
+
 
 def same_file(a: Path, b: Path) -> bool:
     try:
