@@ -137,7 +137,7 @@ def test_held_out_report_lineage_card_and_progress(acdc_run):
         dice = held["dice"][task.name]
         assert task.quality == (None if dice is None else {
             "heldout_dice": dice, "heldout_cases": len(held["held_out_cases"]),
-            "source": "held-out cases of its split; the saved weights were then refit on every case"})
+            "source": "held-out cases of its split; the saved weights then went on training on every case"})
     assert [t.quality for t in manifest.tasks[:N_BASE]] == [t.quality for t in base.tasks]
     # The held-out cases chose, per new task, whether segment keeps only its largest piece; the Dice reported is the
     # chosen one's, and each choice was scored (postprocessing.py).

@@ -31,7 +31,7 @@ def add_run_arguments(p) -> None:
                         f"{DEFAULT_TIME_LIMIT_S:g}; 0: none)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-refit", dest="refit", action="store_false",
-                   help="keep the model trained without the held-out cases instead of retraining on all cases")
+                   help="keep the model trained without the held-out cases instead of training it on, on all cases")
     p.add_argument("--split-group-pattern", default=DEFAULT_SPLIT_GROUP_PATTERN, metavar="REGEX",
                    help="cases whose names give the same first regex group (a patient) are held out together "
                         f"(default {DEFAULT_SPLIT_GROUP_PATTERN!r})")

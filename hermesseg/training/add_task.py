@@ -8,11 +8,11 @@ A composition of the shared parts (``finetune`` is the other one):
 3. new rows (``new_rows``): one per new task in every fusion layer (and a new modality block), as separate
    parameters, starting from ``--init-from`` or from the base task that overlaps the new label best;
 4. with 3 or more case groups, train on a seeded split, report Dice per new task on the held-out cases, then
-   (unless ``--no-refit``) train again from the same start on all cases (``phase``); the loop's trainable-parameter
-   hook hands the optimiser the new rows only (``loop.new_prior_rows``, ``--mode priors``) or the new rows and a
-   group adapter that only the new group's queries run through (``loop.new_rows_and_adapter``, ``--mode adapter``,
-   ``hermesseg.network.group_adapter``); the held-out cases also choose which new tasks keep only their largest
-   piece (``postprocessing``);
+   (unless ``--no-refit``) go on training on all cases (``phase``, ``held_out_training``); the loop's
+   trainable-parameter hook hands the optimiser the new rows only (``loop.new_prior_rows``, ``--mode priors``) or
+   the new rows and a group adapter that only the new group's queries run through (``loop.new_rows_and_adapter``,
+   ``--mode adapter``, ``hermesseg.network.group_adapter``); the held-out cases also choose which new tasks keep
+   only their largest piece (``postprocessing``);
 5. fold the new rows into the saved tables, verify that every base task gives bit-identical logits
    (``forgetting``), write the model file atomically (``child_manifest``, ``save_model``).
 
@@ -37,7 +37,7 @@ from .distributed import DistContext, pick_device
 from .forgetting import ForgettingCheckError, compare_parent_tasks
 from .held_out_training import planned_steps, train_held_out_then_refit
 from .loop import new_prior_rows, new_rows_and_adapter
-from .new_rows import folded_network, network_with_new_rows, plan_new_rows
+from .new_rows import continued_network, folded_network, network_with_new_rows, plan_new_rows
 from .new_task_cases import held_out_note, held_out_split, holds_out, prepare_cases
 from .new_task_request import NewTaskData, NewTaskRequest, NewTaskResult, check_new_task_data, check_run_limits
 from .phase import phase_config, train_phase
@@ -94,12 +94,16 @@ def add_task(request: AddTaskRequest, progress=None) -> AddTaskResult:
     cfg = phase_config(SETTINGS, request.seed, request.steps, patch)
     adapter = AdapterConfig(checked.group, tuple(rows.query), **ADAPTER) if request.mode == "adapter" else None
 
-    def phase(phase_cases, stage: str, share: float):
+    def phase(phase_cases, stage: str, share: float, start):
         source = Source("new", 1.0, rows.query, rows.modality_id, phase_cases)
-        network, trainable = network_with_new_rows(base.network, rows, ctx.device), new_prior_rows
-        if adapter is not None:  # --mode adapter: the new rows and the new group's adapter train together
-            network.add_adapter(adapter, request.seed)
-            trainable = new_rows_and_adapter
+        if start is not None:  # the refit goes on from the held-out phase's weights (held_out_training)
+            network = continued_network(start, ctx.device)
+        else:
+            network = network_with_new_rows(base.network, rows, ctx.device)
+            if adapter is not None:
+                network.add_adapter(adapter, request.seed)
+        # --mode adapter: the new rows and the new group's adapter train together
+        trainable = new_rows_and_adapter if adapter is not None else new_prior_rows
         return train_phase(network, trainable, [source], cfg, clock, stage, clock.budget(share, CHECK_STEPS), ctx)
 
     trained = train_held_out_then_refit(phase, cases, rows, request.refit, ctx.device, clock)

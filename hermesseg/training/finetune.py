@@ -34,7 +34,7 @@ from .distributed import DistContext, pick_device
 from .forgetting_dice import ForgettingMeasure, cache_parent_task_cases, forgetting_note
 from .held_out_training import planned_steps, train_held_out_then_refit
 from .loop import scaled_groups
-from .new_rows import folded_network, network_with_new_rows, plan_new_rows
+from .new_rows import continued_network, folded_network, network_with_new_rows, plan_new_rows
 from .new_task_cases import cache_dir_of, held_out_note, held_out_split, holds_out, prepare_cases
 from .new_task_request import NewTaskData, NewTaskRequest, NewTaskResult, check_new_task_data, check_run_limits
 from .parent_task_data import ParentTaskData, check_replay, parent_tasks_of
@@ -99,10 +99,12 @@ def finetune(request: FinetuneRequest, progress=None) -> FinetuneResult:
                              replay.modality_ids[d.name], [c for c in replay_cases if c.dataset == d.name])
                       for d in replay.datasets]
 
-    def phase(phase_cases, stage: str, share: float):
+    def phase(phase_cases, stage: str, share: float, start):
         sources = [Source("new", 1.0, rows.query, rows.modality_id, phase_cases)] + replay_sources
-        return train_phase(network_with_new_rows(base.network, rows, ctx.device), trainable, sources, cfg, clock,
-                           stage, clock.budget(share, WRITE_STEPS, forgetting.seconds), ctx)
+        network = network_with_new_rows(base.network, rows, ctx.device) if start is None else \
+            continued_network(start, ctx.device)
+        return train_phase(network, trainable, sources, cfg, clock, stage,
+                           clock.budget(share, WRITE_STEPS, forgetting.seconds), ctx)
 
     trained = train_held_out_then_refit(phase, cases, rows, request.refit, ctx.device, clock)
     out_net = folded_network(trained.result.network)

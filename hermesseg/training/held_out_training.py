@@ -1,7 +1,12 @@
 """The held-out protocol add-task and finetune share: with enough case groups, train on the seeded split, report
-Dice per new task on the held-out cases, then (unless ``--no-refit``) train again from the same start on every case;
-with fewer, train once on every case and say that no held-out figure exists. The held-out cases also choose
+Dice per new task on the held-out cases, then (unless ``--no-refit``) go on training from those weights on every
+case; with fewer, train once on every case and say that no held-out figure exists. The held-out cases also choose
 which new tasks keep only their largest piece (``postprocessing``); the reported Dice is the chosen one.
+
+Why the refit continues instead of starting again: within a CPU time limit each phase gets a few hundred steps and
+the new structures are step-bound (ACDC, 5 patients, default adapter: held-out mean 0.27 with a fresh refit, 0.48
+when the refit continued, about 390 steps per phase). The saved weights then have every step of both phases; the
+held-out figure describes the first phase's weights, trained on fewer cases for fewer steps, so it errs low.
 
 The time shares keep the whole command inside ``--time-limit``: the first phase gets 45 % of what is left when a
 refit follows (90 % without), the last phase 95 % of what is then left; the caller's ``phase`` subtracts the work
@@ -13,16 +18,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
+from ..manifest import TaskEntry
+from ..network import HermesR
 from .cache import CachedCase
 from .new_rows import NewRows
 from .new_task_cases import NewTaskCases
 from .phase import PhaseResult
+from .postprocessing import held_out_scores, with_largest_piece
 from .run_clock import RunClock
 from .task_quality import held_out_quality, with_quality
-from ..manifest import TaskEntry
-from .postprocessing import held_out_scores, with_largest_piece
 
-Phase = Callable[[list[CachedCase], str, float], PhaseResult]  # (cases, stage name, share of the time left)
+# (cases, stage name, share of the time left, weights to continue from or None for the start) -> the phase's result
+Phase = Callable[[list[CachedCase], str, float, HermesR | None], PhaseResult]
 
 
 @dataclass
@@ -45,7 +52,7 @@ def train_held_out_then_refit(phase: Phase, cases: NewTaskCases, rows: NewRows, 
                               clock: RunClock) -> HeldOutTraining:
     steps, dice, record, result, keep = 0, None, None, None, []
     if cases.held_out:
-        result = phase(cases.train, "held-out training", 0.45 if refit else 0.9)
+        result = phase(cases.train, "held-out training", 0.45 if refit else 0.9, None)
         steps += result.steps
         clock.event("held-out", f"Dice on {len(cases.held)} held-out case(s)")
         scores = held_out_scores(result.network, cases.held, rows.query_with_null, rows.modality_id, rows.names,
@@ -58,7 +65,8 @@ def train_held_out_then_refit(phase: Phase, cases: NewTaskCases, rows: NewRows, 
                   "steps": result.steps, "dice": dice, "dice_all_pieces": scores.all_pieces,
                   "dice_largest_piece": scores.largest_piece, "keep_largest_component": keep}
     if not cases.held_out or refit:
-        result = phase(cases.every, "training" if not cases.held_out else "refit", 0.95)
+        result = phase(cases.every, "training" if not cases.held_out else "refit", 0.95,
+                       result.network if cases.held_out else None)
         steps += result.steps
     return HeldOutTraining(result, steps, dice, record, keep)
 

@@ -78,6 +78,11 @@ def network_with_new_rows(base: HermesR, rows: NewRows, device: torch.device) ->
     return network
 
 
+def continued_network(trained: HermesR, device: torch.device) -> HermesR:
+    """A training copy of an earlier phase's ``trained`` network (new rows still separate), to go on training."""
+    return copy.deepcopy(trained).to(device).train()
+
+
 def folded_network(trained: HermesR) -> HermesR:
     """A fresh CPU network holding ``trained``'s weights with the new rows appended to the tables."""
     trained = trained.cpu()
