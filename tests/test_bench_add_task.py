@@ -64,7 +64,7 @@ def test_method_detection_and_options():
     assert bench.cli_offers("export-task") and not bench.cli_offers("no-such-command")
     assert not bench.cli_offers("export-task", "adapter")  # no --mode there
     args = bench.parse_args(["--methods", "unet,priors", "--k", "1,5", "--datasets", "acdc"])
-    assert args.methods == ["priors", "unet"] and args.k == [1, 5]  # the U-Net runs after priors, for its time
+    assert args.methods == ["priors", "unet"] and args.k == [1, 5]  # the U-Net runs last, for the longest Hermes time
     with pytest.raises(SystemExit):
         bench.parse_args(["--methods", "magic"])
     with pytest.raises(SystemExit):
@@ -90,6 +90,7 @@ def test_tiny_run_scores_the_unet_and_every_available_method(tmp_path):
     assert unet["status"] == "ok" and unet["steps"] > 0 and unet["trained_parameters"] > 1_000_000
     assert set(unet["dice"]) == {"right_ventricle", "myocardium", "left_ventricle"}
     assert all(0.0 <= d <= 1.0 for d in unet["dice"].values())
+    assert set(unet["dice_largest_piece"]) == set(unet["dice"]) and 0.0 <= unet["mean_dice_largest_piece"] <= 1.0
     priors = next(r for r in rows if r["method"] == "priors")
     if priors["status"] != "not available":
         assert priors["status"] == "ok" and priors["forgetting"] == 0.0 and priors["pack_bytes"] < 100_000
