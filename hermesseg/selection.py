@@ -27,12 +27,14 @@ def has_evidence(task) -> bool:
 
 
 def quality_text(task) -> str:
-    """``Dice 0.83 on 1 held-out case`` or ``seen in training only``."""
+    """``Dice 0.83 on 1 held-out case`` (``, largest piece only`` when the task keeps only its largest piece) or
+    ``seen in training only``."""
     q = getattr(task, "quality", None)
     if not q:
         return "seen in training only"
     cases = q["heldout_cases"]
-    return f"Dice {q['heldout_dice']:.2f} on {cases} held-out case{'s' if cases != 1 else ''}"
+    piece = ", largest piece only" if getattr(task, "keep_largest_component", False) else ""
+    return f"Dice {q['heldout_dice']:.2f} on {cases} held-out case{'s' if cases != 1 else ''}{piece}"
 
 
 @dataclass

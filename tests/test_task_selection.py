@@ -16,9 +16,9 @@ from hermesseg import load_model
 from hermesseg.cli import main
 from hermesseg.default_model import default_model_path
 from hermesseg.errors import ModelFileError, QueryError
-from hermesseg.manifest import Manifest
+from hermesseg.manifest import Manifest, TaskEntry
 from hermesseg.model_file import MANIFEST_KEY
-from hermesseg.selection import MIN_HELDOUT_DICE, default_selection
+from hermesseg.selection import MIN_HELDOUT_DICE, default_selection, quality_text
 from paths import DATA, require
 
 CARD_FINGERPRINT = "e70521b42e6b55cf129d020cdd3541fd39710f136226c41e8e29da9877bab7fb"
@@ -140,3 +140,12 @@ def test_a_missing_model_says_where_models_are(tmp_path, capsys, monkeypatch):
     assert main(["tasks"]) != 0
     err = capsys.readouterr().err
     assert f"the default model {tmp_path / 'gone.safetensors'} ($HERMESSEG_MODEL) does not exist" in err
+
+
+def test_quality_text_says_when_a_task_keeps_only_its_largest_piece():
+    quality = {"heldout_dice": 0.7512, "heldout_cases": 2, "source": "held-out cases of its split"}
+    task = TaskEntry(id=0, name="lv", group="heart", modalities=["MR-cine"], quality=quality)
+    assert quality_text(task) == "Dice 0.75 on 2 held-out cases"
+    task.keep_largest_component = True
+    assert quality_text(task) == "Dice 0.75 on 2 held-out cases, largest piece only"
+    assert quality_text(TaskEntry(id=1, name="rv", group="heart", modalities=["MR-cine"])) == "seen in training only"
