@@ -14,11 +14,11 @@ patient are always on the same side) and scored with the engine's evaluation on 
 Hermes Dice is scored twice: as ``segment`` draws it (the found rule on: a mask it rejects counts as 0) and with
 every mask that reaches 0.5 (the rule off, as the U-Net is scored); both keep only the largest piece of the tasks
 whose held-out check chose it. The U-Net is also scored with the largest piece of every structure kept
-(``dice_largest_piece``), so the piece choice is not counted as an advantage of Hermes alone. Also measured: wall time, trained parameters
-(elements new or changed against the base), pack size (``export-task``) and forgetting (maximum absolute logit
-change of every base task, queried in its own group, on a held-out image). Methods the installed ``hermesseg`` does
-not offer are reported as "not available". The table is printed with the load average and the Dice ratio against the
-U-Net of the same run, and written as JSON.
+(``dice_largest_piece``), so the piece choice is not counted as an advantage of Hermes alone. Also measured: wall
+time, trained parameters (elements new or changed against the base), pack size (``export-task``) and forgetting
+(maximum absolute logit change of every base task, queried in its own group, on a held-out image). Methods the
+installed ``hermesseg`` does not offer are reported as "not available". The table is printed with the load average
+and the Dice ratio against the U-Net of the same run, and written as JSON.
 
     PYTHONPATH=. .venv/bin/python benchmarks/bench_add_task.py --datasets acdc --k 1,2,5 --methods priors,unet \
         --json runs/bench_add_task.json
@@ -312,12 +312,12 @@ def score_unet(net, ds, tasks, norm, heldout: Path, spacing, patch) -> dict:
         labels_on_input = resample_to_input(probs, grid, image).argmax(axis=0)
         truth = sitk.GetArrayFromImage(sitk.ReadImage(str(case.label)))
         for label, value in labels.items():
-            slot = tasks.value_to_slot[value]
-            scores[label].append(dice(labels_on_input == slot, truth == value))
-            largest[label].append(dice(largest_component(labels_on_input == slot), truth == value))
-    return {"dice": {k: float(np.mean(v)) for k, v in scores.items()},
-            "dice_largest_piece": {k: float(np.mean(v)) for k, v in largest.items()},
-            "mean_dice_largest_piece": float(np.mean([np.mean(v) for v in largest.values()]))}
+            mask, gt = labels_on_input == tasks.value_to_slot[value], truth == value
+            scores[label].append(dice(mask, gt))
+            largest[label].append(dice(largest_component(mask), gt))
+    largest_mean = {k: float(np.mean(v)) for k, v in largest.items()}
+    return {"dice": {k: float(np.mean(v)) for k, v in scores.items()}, "dice_largest_piece": largest_mean,
+            "mean_dice_largest_piece": float(np.mean(list(largest_mean.values())))}
 
 
 # ------------------------------------------------------------------------------------------------ the run
@@ -420,7 +420,8 @@ def parse_args(argv=None):
     p.add_argument("--base", default=str(BASE_MODEL))
     p.add_argument("--steps", type=int, help="add-task/finetune --steps (default: the command's own default)")
     p.add_argument("--time-limit", type=float, help="add-task/finetune --time-limit in seconds (default: theirs)")
-    p.add_argument("--unet-seconds", type=float, help="U-Net training time (default: the longest Hermes run's wall time at the same k)")
+    p.add_argument("--unet-seconds", type=float,
+                   help="U-Net training time (default: the longest Hermes run's wall time at the same k)")
     p.add_argument("--max-heldout", type=int, help="score at most this many held-out patients")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)

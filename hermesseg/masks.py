@@ -34,7 +34,7 @@ def largest_component(mask: np.ndarray, fully_connected: bool = True) -> np.ndar
     return sitk.GetArrayFromImage(sitk.RelabelComponent(labels, sortByObjectSize=True)) == 1
 
 
-def largest_piece_only(probability, threshold: float):
+def largest_piece_only(probability: torch.Tensor, threshold: float) -> torch.Tensor:
     """``probability`` (torch, z y x, any device) with every voxel that reaches ``threshold`` outside its largest
     connected piece set to 0: thresholding it gives the largest component of the thresholded map, and the found
     rule's evidence describes that piece. Only the box around the thresholded voxels visits the host."""

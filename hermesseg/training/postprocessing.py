@@ -19,12 +19,14 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from ..evaluation.metrics import dice
 from ..inference.found_rule import DEFAULT_RULE, FoundRule, task_evidence
+from ..inference.pipeline import InferenceOptions
 from ..manifest import TaskEntry
 from ..masks import largest_piece_only
 from .validation import predict_volume
 
-THRESHOLD = 0.5
+THRESHOLD = InferenceOptions.threshold  # segment's
 
 
 @dataclass
@@ -53,8 +55,7 @@ def drawn_dice(probability: torch.Tensor, truth: np.ndarray, spacing, rule: Foun
     are empty."""
     evidence = task_evidence(probability, THRESHOLD, spacing)
     drawn = (probability >= THRESHOLD).numpy() if rule.reason(evidence, THRESHOLD) is None else np.zeros_like(truth)
-    denom = int(drawn.sum()) + int(truth.sum())
-    return None if denom == 0 else 2.0 * float(np.logical_and(drawn, truth).sum()) / denom
+    return None if not (drawn.any() or truth.any()) else dice(drawn, truth)
 
 
 def held_out_scores(network: torch.nn.Module, cases, query: Sequence[int], modality_id: int, names: Sequence[str],

@@ -40,10 +40,11 @@ def scores_by_task(per_case: Mapping[str, Sequence[float | None]], task_names_of
 
 def held_out_quality(record: dict | None, refit: bool) -> dict[str, dict]:
     """Task name -> quality from a held-out phase's record (``held_out_training``: mean Dice per new task and the
-    held-out cases); {} without a held-out split. ``refit``: the saved weights were trained again on every case."""
+    held-out cases); {} without a held-out split. ``refit``: the saved weights went on training on every case."""
     if not record:
         return {}
-    source = "held-out cases of its split" + ("; the saved weights then went on training on every case" if refit else "")
+    source = "held-out cases of its split" + \
+        ("; the saved weights then went on training on every case" if refit else "")
     return {name: {"heldout_dice": float(d), "heldout_cases": len(record["held_out_cases"]), "source": source}
             for name, d in record["dice"].items() if d is not None}
 
