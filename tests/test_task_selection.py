@@ -59,6 +59,16 @@ def test_a_malformed_quality_is_refused_on_read(quality, message):
         Manifest.from_dict(doc)
 
 
+@pytest.mark.parametrize("flag", ["yes", 1, None])
+def test_a_malformed_largest_piece_flag_is_refused_on_read(flag):
+    from safetensors import safe_open
+    with safe_open(str(default_model_path()), framework="pt") as f:
+        doc = json.loads(f.metadata()[MANIFEST_KEY])
+    doc["tasks"][0]["keep_largest_component"] = flag
+    with pytest.raises(ModelFileError, match="keep_largest_component must be true or false"):
+        Manifest.from_dict(doc)
+
+
 def test_default_selection_keeps_only_tasks_with_evidence(model):
     tasks = model.manifest.tasks
     assert [t.name for t in default_selection(tasks, "MR-T1").chosen] == ["mr_brain_structures_colin_brain"]
