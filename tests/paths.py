@@ -8,6 +8,8 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 DATA = SHARED / "data"
 CONFORMANCE = SHARED / "conformance"
+SHIPPED_MODEL = REPO / "Resources" / "Models" / "hermes-mini.safetensors"  # the embedded default
+ACDC = DATA / "mr_cine_heart_acdc"
 
 
 def require(path: Path) -> Path:

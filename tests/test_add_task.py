@@ -26,11 +26,10 @@ from hermesseg.preprocessing import Preprocessing, normalize_intensity, to_model
 
 from new_task_helpers import assert_refused, assert_sigterm_cancels, dataset_subset as _subset, run_json
 from threads import one_torch_thread  # noqa: F401 (autouse fixture)
-from paths import DATA, REPO, require
+from paths import ACDC, DATA, require, SHIPPED_MODEL
 
-BASE = REPO / "Resources" / "Models" / "hermes-mini.safetensors"
+BASE = SHIPPED_MODEL
 N_BASE = len(read_manifest(BASE).tasks)  # the base model's tasks: new rows are appended after them
-ACDC = DATA / "mr_cine_heart_acdc"
 BREAST = DATA / "mr_breast_lesion"
 # 3 patients (the first with both frames): enough for a held-out patient, small enough for a fast test.
 ACDC_CASES = ("patient001_frame01", "patient001_frame02", "patient002_frame01", "patient007_frame01")

@@ -24,11 +24,10 @@ from hermesseg.network.config import AdapterConfig
 from hermesseg.preprocessing import Preprocessing, normalize_intensity, to_model_grid
 from hermesseg.training.forgetting import group_queries
 
-from paths import DATA, REPO, require
+from paths import ACDC, DATA, REPO, require, SHIPPED_MODEL
 from threads import one_torch_thread  # noqa: F401 (autouse fixture)
 
-BASE = REPO / "Resources" / "Models" / "hermes-mini.safetensors"
-ACDC = DATA / "mr_cine_heart_acdc"
+BASE = SHIPPED_MODEL
 CT_IMAGE = DATA / "ct_abdomen_ts" / "imagesTr" / "example_ct_sm_0000.nii.gz"
 CASES = ("patient001_frame01",)  # one case: no held-out split, one training phase
 GROUP = "heart1"

@@ -11,14 +11,13 @@ import torch
 
 from hermesseg.nnunet import load_datasets
 
-from paths import DATA, REPO, require
+from paths import ACDC, DATA, REPO, require
 
 spec = importlib.util.spec_from_file_location("bench_add_task", REPO / "benchmarks" / "bench_add_task.py")
 bench = importlib.util.module_from_spec(spec)
 sys.modules[spec.name] = bench  # dataclasses look their module up here
 spec.loader.exec_module(bench)
 
-ACDC = DATA / "mr_cine_heart_acdc"
 PATIENT = bench.DATASETS["acdc"].patient_pattern
 
 

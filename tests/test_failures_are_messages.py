@@ -20,9 +20,9 @@ import SimpleITK as sitk
 from hermesseg.atomic import MARK, temporary_prefix
 from hermesseg.cli import main
 
-from paths import CONFORMANCE, DATA, REPO, require
+from paths import CONFORMANCE, DATA, require, SHIPPED_MODEL
 
-SHIPPED = REPO / "Resources" / "Models" / "hermes-mini.safetensors"
+SHIPPED = SHIPPED_MODEL
 BREAST = DATA / "mr_breast_lesion"
 IMAGE = BREAST / "imagesTr" / "breast1_0000.nii.gz"  # 45 x 120 x 21 MR
 MANY_TASKS = ["--modality", "MR", "--tasks", "mr_abdomen_ts", "--fast"]  # 23 tasks of the shipped model

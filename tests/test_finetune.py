@@ -29,13 +29,12 @@ from hermesseg.training.loop import prepare_optimisation, scaled_groups
 from hermesseg.training.optim import set_lr
 from hermesseg.training.phase import phase_config
 
-from paths import DATA, REPO, require
+from paths import ACDC, DATA, require, SHIPPED_MODEL
 from new_task_helpers import assert_refused, assert_sigterm_cancels, dataset_subset as _subset, run_json
 from threads import one_torch_thread  # noqa: F401 (autouse fixture)
 
-BASE = REPO / "Resources" / "Models" / "hermes-mini.safetensors"
+BASE = SHIPPED_MODEL
 N_BASE = len(read_manifest(BASE).tasks)
-ACDC = DATA / "mr_cine_heart_acdc"
 BREAST = DATA / "mr_breast_lesion"
 ABDOMEN = DATA / "mr_abdomen_ts"
 ACDC_CASES = ("patient001_frame01", "patient002_frame01", "patient007_frame01")  # 3 patients: one is held out

@@ -5,14 +5,14 @@ from __future__ import annotations
 import json
 import sys
 
-from paths import REPO
+from paths import REPO, SHIPPED_MODEL
 
 sys.path.insert(0, str(REPO))  # HermesLib
 
 from HermesLib.engine_run import startEngineCommand  # noqa: E402
 from HermesLib.process import pidAlive  # noqa: E402
 
-DEFAULT_MODEL = REPO / "Resources" / "Models" / "hermes-mini.safetensors"
+DEFAULT_MODEL = SHIPPED_MODEL
 
 
 def test_a_command_without_progress_succeeds_and_logs_its_output():

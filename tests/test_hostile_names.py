@@ -21,9 +21,9 @@ from hermesseg.names import NAME_RULE, TEXT_RULE, check_name
 from hermesseg.output_paths import child_path
 from hermesseg.nnunet import read_dataset
 
-from paths import CONFORMANCE, DATA, REPO, require
+from paths import CONFORMANCE, DATA, require, SHIPPED_MODEL
 
-SHIPPED = REPO / "Resources" / "Models" / "hermes-mini.safetensors"
+SHIPPED = SHIPPED_MODEL
 BREAST = DATA / "mr_breast_lesion"  # one small MR case, label "breast_lesion"
 MR_IMAGE = BREAST / "imagesTr" / "breast1_0000.nii.gz"
 

@@ -18,14 +18,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from paths import CONFORMANCE, DATA, REPO, require
+from paths import CONFORMANCE, DATA, REPO, require, SHIPPED_MODEL
 
 sys.path.insert(0, str(REPO / "HermesSegmentation"))
 sys.path.insert(0, str(REPO))  # HermesLib
 
 from HermesLib import models  # noqa: E402
 
-DEFAULT_MODEL = REPO / "Resources" / "Models" / "hermes-mini.safetensors"
+DEFAULT_MODEL = SHIPPED_MODEL
 # Never in Slicer's process before the user agrees to install them (numpy and SimpleITK ship with Slicer; the
 # manifest's preprocessing check uses them).
 HEAVY = ("torch", "monai", "safetensors")

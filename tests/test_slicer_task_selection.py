@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import sys
 
-from paths import REPO
+from paths import REPO, SHIPPED_MODEL
 
 sys.path.insert(0, str(REPO / "HermesSegmentation"))
 sys.path.insert(0, str(REPO))  # HermesLib
@@ -14,7 +14,7 @@ sys.path.insert(0, str(REPO))  # HermesLib
 from HermesLib import models  # noqa: E402
 from HermesSegmentationLib import task_selection as ts  # noqa: E402
 
-DEFAULT_MODEL = REPO / "Resources" / "Models" / "hermes-mini.safetensors"
+DEFAULT_MODEL = SHIPPED_MODEL
 
 
 def shown_tasks(groups: dict, text: str) -> set[str]:

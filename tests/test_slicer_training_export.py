@@ -12,7 +12,7 @@ import pytest
 import SimpleITK as sitk
 import slicer
 import vtk
-from paths import DATA, require
+from paths import ACDC, require
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "HermesTraining"))
@@ -27,7 +27,6 @@ from HermesTrainingLib.dataset_export import (  # noqa: E402
 
 vtk.vtkObject.GlobalWarningDisplayOff()
 
-ACDC = DATA / "mr_cine_heart_acdc"
 LABELS = {1: "Right ventricle", 2: "Myocardium", 3: "Left ventricle"}
 LV_TERMINOLOGY = ("Segmentation category and type - DICOM master list~SCT^123037004^Anatomical Structure~"
                   "SCT^87878005^Left ventricle~^^~Anatomic codes - DICOM master list~^^~^^")

@@ -22,7 +22,7 @@ import pytest
 import SimpleITK as sitk
 import slicer
 import vtk
-from paths import DATA, require
+from paths import DATA, require, SHIPPED_MODEL
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "HermesSegmentation"))
@@ -44,7 +44,7 @@ vtk.vtkObject.GlobalWarningDisplayOff()
 
 MNI = DATA / "mr_brain_tissue_mni"
 CASE = "mni152_2009a_sym"
-DEFAULT_MODEL = REPO / "Resources" / "Models" / "hermes-mini.safetensors"
+DEFAULT_MODEL = SHIPPED_MODEL
 STEPS = 20
 MIN_DICE = 0.7  # see the module docstring
 

@@ -29,10 +29,9 @@ from hermesseg.preprocessing import Preprocessing, normalize_intensity, to_model
 from hermesseg.task_pack import PACK_KEY, read_pack
 
 from threads import one_torch_thread  # noqa: F401 (autouse fixture)
-from paths import DATA, REPO, require
+from paths import ACDC, require, SHIPPED_MODEL
 
-BASE = REPO / "Resources" / "Models" / "hermes-mini.safetensors"
-ACDC = DATA / "mr_cine_heart_acdc"
+BASE = SHIPPED_MODEL
 CINE_TASKS = ["acdc_right_ventricle", "acdc_myocardium", "acdc_left_ventricle"]
 
 
