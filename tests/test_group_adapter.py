@@ -29,12 +29,11 @@ from hermesseg.preprocessing import Preprocessing, normalize_intensity, to_model
 from hermesseg.task_pack import read_pack
 from hermesseg.training.forgetting import group_queries
 
-from paths import DATA, REPO, require
+from paths import ACDC, require, SHIPPED_MODEL
 from threads import one_torch_thread  # noqa: F401 (autouse fixture)
 
-BASE = REPO / "Resources" / "Models" / "hermes-mini.safetensors"
+BASE = SHIPPED_MODEL
 N = len(read_manifest(BASE).tasks)  # the base model's tasks: the heart group's rows are N, N + 1, N + 2
-ACDC = DATA / "mr_cine_heart_acdc"
 GROUP = "heart"
 TASKS = ["heart_right_ventricle", "heart_myocardium", "heart_left_ventricle"]
 CINE = {"scheme": "percentile_clip_zscore", "percentiles": [1.0, 99.0], "stats_region": "all"}
@@ -49,7 +48,8 @@ def work(tmp_path_factory):
     first = net.num_task_rows
     net.add_new_rows([0, 1, 2], [1])
     net.fold_new_rows()
-    adapter = net.add_adapter(AdapterConfig(GROUP, (first, first + 1, first + 2)))
+    # the first adapter design, which add-task no longer writes: its files still load and run
+    adapter = net.add_adapter(AdapterConfig(GROUP, (first, first + 1, first + 2), design="residual-unet"))
     gen = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for p in adapter.parameters():
@@ -113,6 +113,31 @@ def test_the_adapter_runs_only_for_its_group(work, cine):
     assert float((with_adapter - without).abs().max()) > 0.1
     # the mixed batch gives the group's item the same correction (up to the rounding of another batch size)
     assert torch.allclose(mixed[1, :3], _logits(child, [padded, padded], [4, 4], cine)[1, :3], atol=1e-4)
+
+
+def test_the_half_resolution_adapter_starts_as_the_identity_and_corrects_on_the_full_grid(cine):
+    """add-task's design: zero output at first (the group's logits are the rows' alone), then a correction of the
+    window's exact size, also for sizes that do not halve evenly."""
+    net = load_model(BASE).network
+    first = net.num_task_rows
+    net.add_new_rows([0, 1, 2], [1])
+    net.fold_new_rows()
+    query, modality = torch.tensor([[first, first + 1, first + 2, -1]]), torch.tensor([4])
+    window = cine[:1, :, :, :45, :47]  # (1, 1, 16, 45, 47)
+    with torch.no_grad():
+        before = net(window, query, modality)[0]
+        adapter = net.add_adapter(AdapterConfig(GROUP, (first, first + 1, first + 2), design="half-resolution-unet",
+                                                width=16))
+        assert torch.equal(net(window, query, modality)[0], before)
+        delta = adapter(torch.randn(1, 8, 16, 45, 47), torch.randn(1, 8, 16, 45, 47))
+        assert delta.shape == (1, 3, 16, 45, 47) and float(delta.abs().max()) == 0.0
+        gen = torch.Generator().manual_seed(0)
+        for p in adapter.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen) * 0.2)
+        after = net(window, query, modality)[0]
+    assert after.shape == before.shape
+    assert float((after[:, :3] - before[:, :3]).abs().max()) > 0.1
+    assert torch.equal(after[:, 3], before[:, 3])  # the padded slot is not the adapter's
 
 
 def test_a_task_pack_carries_the_adapter_and_round_trips_to_identical_logits(work, cine, capsys):

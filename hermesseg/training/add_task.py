@@ -47,8 +47,8 @@ from .sampling import Source
 CHECK_WINDOW = 32  # the forgetting check's window edge (voxels): bit-identity does not depend on the window size
 CHECK_STEPS = 12  # the check and the write take about as long as this many training steps (8 groups, 2 models)
 # --mode adapter's group adapter (hermesseg.network.group_adapter; chosen on ACDC, see README "Teaching a new
-# structure"): a 3-level residual U-Net, 8 channels at full resolution.
-ADAPTER = {"width": 8, "levels": 3, "blocks": 1}
+# structure"): a 3-level residual U-Net from 1/2 resolution down, 16 channels at 1/2.
+ADAPTER = {"design": "half-resolution-unet", "width": 16, "levels": 3, "blocks": 1}
 # The optimiser of the new rows (measured on ACDC from the default model; see README "Teaching a new structure").
 SETTINGS = {"lr": 1e-2, "weight_decay": 0.0, "warmup_iterations": 10, "batch_size": 2, "ema_decay": 0.98,
             "modality_loss_weight": 0.0, "num_workers": 0, "validate_every": 0}
