@@ -102,6 +102,16 @@ def test_learning_rate_schedule():
     assert all(a >= b for a, b in zip(lrs, lrs[1:]))
 
 
+def test_a_run_the_clock_stops_decays_to_where_it_stops():
+    """add-task and finetune stop on steps or seconds: given the iterations its seconds allow (``horizon``), a run
+    that the clock will stop first ends at its smallest learning rate; a run its steps end keeps the pure schedule."""
+    cfg = {**DEFAULTS, "lr": 1e-3, "iterations": 110, "warmup_iterations": 10, "poly_power": 0.9}
+    assert lr_at(35, cfg, horizon=60) == pytest.approx(1e-3 * 0.5 ** 0.9)  # half-way to the 60 steps that fit
+    assert lr_at(60, cfg, horizon=60) == 0.0
+    assert [lr_at(i, cfg, horizon=1000) for i in range(110)] == [lr_at(i, cfg) for i in range(110)]
+    assert lr_at(0, cfg, horizon=60) == pytest.approx(1e-4)  # warm-up still counts steps
+
+
 def test_ema_decay_and_update():
     net = torch.nn.Linear(2, 1, bias=False)
     with torch.no_grad():

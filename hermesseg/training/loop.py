@@ -95,15 +95,17 @@ class Step:
 
 def run_iterations(model: nn.Module, network: HermesR, opt: Optimisation, sampler: PatchSampler, cfg: dict,
                    ctx: DistContext, start: int, total: int, stop_requested: Callable[[], bool],
-                   on_step: Callable[[Step], bool]) -> int:
+                   on_step: Callable[[Step], bool],
+                   horizon: Callable[[], int | None] = lambda: None) -> int:
     """Iterations ``start..total-1``; ``model`` is ``network`` or its DDP wrapper. ``on_step`` returns True to end
-    the loop early. Returns the number of iterations done (counting from 0)."""
+    the loop early; ``horizon()``, where the learning-rate decay ends if before ``total`` (``optim.lr_at``).
+    Returns the number of iterations done (counting from 0)."""
     device = ctx.device
     use_bf16 = device.type == "cuda" and bool(cfg["amp"])
     iteration = start
     loader = batch_loader(sampler, start, total, int(cfg["num_workers"]))
     for i, batch in zip(range(start, total), loader):
-        lr = lr_at(i, cfg)
+        lr = lr_at(i, cfg, horizon())
         set_lr(opt.optimizer, lr)
         image = batch["image"].to(device, non_blocking=True)
         task_ids = batch["task_ids"].to(device)

@@ -2,7 +2,11 @@
 
 Schedule: ``warmup_iterations`` of warm-up, linear (``lr (i+1)/W``) or exponential (the reference's
 ``lr exp(10 (i/W - 1))``), then polynomial decay ``min_lr + (lr - min_lr) (1 - (i-W)/(N-W))^poly_power``. The
-learning rate is a pure function of the iteration, so the "scheduler state" is just the iteration number.
+learning rate is a pure function of the iteration, so the "scheduler state" is just the iteration number. A run
+that seconds may stop first (add-task, finetune) passes a ``horizon``, the iterations it is expected to reach in its
+time: when that is fewer than ``N`` the decay ends there, so a run the clock stops still ends at its smallest
+learning rate instead of being cut off mid-schedule. A run that its steps end keeps the pure schedule (and its
+determinism).
 
 EMA: ``ema = d ema + (1 - d) w`` after every optimiser step with ``d = min(1 - 1/(step + 1), ema_decay)``, so the
 first steps average uniformly and later ones decay at ``ema_decay`` (0.99). Buffers are copied.
@@ -20,8 +24,10 @@ import torch
 from torch import nn
 
 
-def lr_at(iteration: int, cfg: Mapping) -> float:
+def lr_at(iteration: int, cfg: Mapping, horizon: int | None = None) -> float:
     base, total = float(cfg["lr"]), int(cfg["iterations"])
+    if horizon is not None:
+        total = max(min(total, int(horizon)), 1)
     warm = min(int(cfg["warmup_iterations"]), max(total - 1, 0))
     min_lr = float(cfg.get("min_lr", 0.0))
     if iteration < warm:

@@ -2,13 +2,15 @@
 
 The caller prepares the network (``new_rows.network_with_new_rows``), says what trains (the loop's ``trainable``
 hook) and where the batches come from (sampler ``Source``s: the new tasks' cases, and for finetune the replay
-cases). A phase reports every step to the ``RunClock`` and stops early when its seconds are used up; it returns
+cases). A phase reports every step to the ``RunClock`` and stops early when its seconds are used up (its learning
+rate then decays to where the seconds are expected to run out, ``optim.lr_at``); it returns
 the EMA network (the weights a model file gets), the steps done and the last loss parts.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+import math
 import time
 from typing import Sequence
 
@@ -58,7 +60,12 @@ def train_phase(network: HermesR, trainable: Trainable, sources: Sequence[Source
                     loss=round(step.parts["loss"], 5))
         return elapsed + clock.step_s > budget_s
 
-    done = run_iterations(network, network, opt, sampler, cfg, ctx, 0, steps, lambda: False, on_step)
+    def horizon() -> int | None:  # the steps the phase's seconds allow at the measured step time
+        if clock.step_s is None or not math.isfinite(budget_s):
+            return None
+        return int(budget_s / clock.step_s)
+
+    done = run_iterations(network, network, opt, sampler, cfg, ctx, 0, steps, lambda: False, on_step, horizon)
     clock.planned -= steps - done
     groups = [{"name": g["name"], "parameters": sum(p.numel() for p in g["params"]), "lr_scale": g["lr_scale"],
                "peak_lr": peak[k]} for k, g in enumerate(opt.optimizer.param_groups)]
