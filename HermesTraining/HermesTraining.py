@@ -119,9 +119,10 @@ class HermesTrainingWidget(JobWidgetMixin, ScriptedLoadableModuleWidget, VTKObse
         for combo, items, available in ((self.ui.modeComboBox, MODES, modes),
                                         (self.ui.addModeComboBox, ADD_MODES, addModes),
                                         (self.ui.deviceComboBox, DEVICES, None)):
-            for value, label in items:
-                if available is None or value in available:
-                    combo.addItem(_(label), value)
+            labels = dict(items)
+            for value in labels if available is None else available:  # the engine's order: its default first
+                if value in labels:
+                    combo.addItem(_(labels[value]), value)
         self.ui.progressBar.setVisible(False)
 
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
@@ -343,7 +344,7 @@ class HermesTrainingWidget(JobWidgetMixin, ScriptedLoadableModuleWidget, VTKObse
             self._job = self.logic.train(
                 self._pairs, self.selectedSegments(), self.currentBaseModel() or None,
                 self.ui.modalityComboBox.currentText.strip(), mode=self.currentMode(),
-                addMode=self.ui.addModeComboBox.currentData or "priors", steps=self.ui.stepsSpinBox.value or None,
+                addMode=self.ui.addModeComboBox.currentData or None, steps=self.ui.stepsSpinBox.value or None,
                 timeLimit=60.0 * minutes if minutes else None, device=self.ui.deviceComboBox.currentData,
                 seed=self.ui.seedSpinBox.value, keepDataset=self.ui.keepDatasetCheckBox.checked,
                 replay=self.replayFolders(),

@@ -44,6 +44,8 @@ def test_finetune_and_adapter_command_lines(tmp_path):
     assert arguments(tmp_path, mode="add", addMode="adapter", device="cpu") == (
         "add-task", [BASE, "--data", data, "-o", out, "--progress", "json", "--modality", "MR-T1", "--mode",
                      "adapter", "--device", "cpu"])
+    # no choice made: add-task runs in the engine's default mode (adapter), not in a mode the widget assumes
+    assert "--mode" not in arguments(tmp_path, mode="add")[1]
     # fine-tune has no learning-mode choice: addMode is not passed to it
     assert "--mode" not in arguments(tmp_path, mode="finetune", addMode="adapter")[1]
     # train: no base, the engine's own name for steps, no modality (dataset.json's)

@@ -76,14 +76,15 @@ class TrainingCancelledError(HermesTrainingError):
 @dataclass
 class TrainingRequest:
     """What to train. ``mode``: "add" (new structures on a frozen base), "finetune" (new structures, all weights
-    train) or "train" (a new model); ``addMode``: add-task's "priors" or "adapter"."""
+    train) or "train" (a new model); ``addMode``: add-task's "priors" or "adapter", or None for the engine's
+    default (``availableAddModes()[0]``)."""
 
     pairs: list[TrainingPair]
     segmentNames: list[str]
     baseModel: str | None
     modality: str
     mode: str = "add"
-    addMode: str = "priors"  # add-task only
+    addMode: str | None = None  # add-task only; None: the engine's default (its --mode is not passed)
     steps: int | None = None
     timeLimit: float | None = None
     device: str = "auto"
@@ -259,7 +260,7 @@ class HermesTrainingLogic(_Base):
         args += ["--data", str(dataset.folder), "-o", str(output), "--progress", "json"]
         if request.mode != "train":
             args += ["--modality", request.modality]
-        if request.mode == "add":
+        if request.mode == "add" and request.addMode is not None:
             if request.addMode not in ADD_MODES:
                 raise TrainingInputError(f"unknown add-task mode {request.addMode!r}; choose one of "
                                          f"{', '.join(ADD_MODES)}")
@@ -289,7 +290,7 @@ class HermesTrainingLogic(_Base):
                                      f"{', '.join(availableAddModes())})")
 
     def train(self, pairs: list[TrainingPair], segmentNames: list[str], baseModel, modality: str,
-              mode: str = "add", addMode: str = "priors", steps: int | None = None, timeLimit: float | None = None,
+              mode: str = "add", addMode: str | None = None, steps: int | None = None, timeLimit: float | None = None,
               device: str = "auto", seed: int | None = None, outputPath=None, keepDataset: bool = False,
               waitForCompletion: bool = False, onProgress=None, onMetrics=None, onLog=None,
               onFinished: Callable[[TrainingJob], None] | None = None, chart=None,
