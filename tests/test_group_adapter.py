@@ -24,7 +24,8 @@ from hermesseg.cli import main
 from hermesseg.manifest import LineageRecord, ModalityEntry, TaskEntry, manifest_digest
 from hermesseg.model import load_model
 from hermesseg.model_file import MANIFEST_DIGEST_KEY, MANIFEST_KEY, read_manifest, read_model_state, save_model
-from hermesseg.network.config import AdapterConfig
+from hermesseg.network.config import ADAPTER_DESIGNS, AdapterConfig
+from hermesseg.network.group_adapter import DESIGNS
 from hermesseg.preprocessing import Preprocessing, normalize_intensity, to_model_grid
 from hermesseg.task_pack import read_pack
 from hermesseg.training.forgetting import group_queries
@@ -182,6 +183,10 @@ def _set(key, value):
     return lambda arch: arch["adapters"][0].__setitem__(key, value)
 
 
+def test_every_design_the_config_accepts_has_a_module():
+    assert set(DESIGNS) == set(ADAPTER_DESIGNS)
+
+
 @pytest.mark.parametrize("edit, drop, message", [
     (_set("width", "8"), None, r"adapter heart: width must be an integer in 1\.\.256, got '8'"),
     (_set("group", "heart.1"), None, r"adapter group 'heart\.1' is not a name"),
@@ -191,6 +196,9 @@ def _set(key, value):
     (_set("colour", 1), None, r"unknown adapter keys: \['colour'\]"),
     (lambda arch: arch.__setitem__("adapters", {"group": "heart"}), None, r"adapters must be a list"),
     (_set("levels", 2), None, r"unexpected tensor 'adapters\.heart\.down\.1\."),
+    (_set("levels", 5), None, r"adapter heart: levels must be an integer in 1\.\.4, got 5"),
+    (_set("design", "lora"), None, r"adapter heart: unknown design 'lora'"),
+    (_set("design", "half-resolution-unet"), None, r"tensor 'adapters\.heart\.reduce\.weight' is missing"),
     (None, "adapters.heart.out.2.bias", r"tensor 'adapters\.heart\.out\.2\.bias' is missing"),
 ])
 def test_a_model_file_with_a_malformed_adapter_entry_is_refused_with_one_line(work, capsys, edit, drop, message):

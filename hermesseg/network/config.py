@@ -29,7 +29,8 @@ def patch_size_problem(patch_size) -> str | None:
 _ADAPTER_GROUP = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 # residual-unet: every level's blocks from full resolution down (the first design, kept so its files load);
 # half-resolution-unet: one strided convolution to 1/2 resolution, the levels there, and one convolution back at full
-# resolution (3.3x cheaper a training step at the same width on 2 CPU cores; README "Teaching a new structure").
+# resolution (its forward and backward 3.3x cheaper at the same width on 2 CPU cores; README "Teaching a new
+# structure").
 ADAPTER_DESIGNS = ("residual-unet", "half-resolution-unet")
 MAX_ADAPTER_LEVELS = 4  # at most Hermes-R's own coarsest level (1/16 for half-resolution-unet), so any patch it takes
 

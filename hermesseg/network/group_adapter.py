@@ -12,8 +12,9 @@ Its last convolution starts at zero, so a new adapter changes nothing until it i
 Two designs (``AdapterConfig.design``): ``half-resolution-unet``, what add-task builds, runs its levels from 1/2
 resolution down and comes back to full resolution in one convolution; ``residual-unet``, the first design, runs its
 first level at full resolution and is kept so that its files load. On a CPU the full-resolution work is most of a
-training step, and the new structures are step-bound: on ACDC (5 patients, 400 steps a phase) the half-resolution
-design at width 16 is what made add-task learn the heart (README "Teaching a new structure").
+training step, and the new structures are step-bound: on ACDC (5 patients) the half-resolution design at width 16
+learns about as much per step and fits the default 400 + 400 steps into the 600 s limit, which the first design did
+not (README "Teaching a new structure").
 
 It sits after the whole backbone: when only adapters train, the frozen network runs without building an autograd
 graph, and a training step costs one forward of the base plus the adapter's forward and backward.
@@ -59,7 +60,7 @@ def zero_output(conv: nn.Conv3d) -> nn.Conv3d:
     return conv
 
 
-class GroupAdapter(_Levels):
+class FullResolutionAdapter(_Levels):
     """Design ``residual-unet``: ``forward(d0, f0) -> (B, R, *S)``, one logit correction per task row of
     ``config.task_ids``, from residual U-Net levels whose first runs at full resolution.
 
@@ -79,10 +80,10 @@ class GroupAdapter(_Levels):
 
 
 class HalfResolutionAdapter(_Levels):
-    """Design ``half-resolution-unet``: ``forward(d0, f0) -> (B, R, *S)`` like ``GroupAdapter``, with the levels at
-    1/2 resolution and below. A strided 3x3x3 convolution takes [d0, f0] to 1/2; the levels' output comes back by
-    trilinear upsampling and meets [d0, f0] again in one 3x3x3 convolution at full resolution, which gives the
-    correction its voxel-level edges. Full-resolution work is what a CPU step pays for: at 48^3, batch 2, 2 cores,
+    """Design ``half-resolution-unet``: ``forward(d0, f0) -> (B, R, *S)`` like ``FullResolutionAdapter``, with the
+    levels at 1/2 resolution and below. A strided 3x3x3 convolution takes [d0, f0] to 1/2; the levels' output comes
+    back by trilinear upsampling and meets [d0, f0] again in one 3x3x3 convolution at full resolution, which gives
+    the correction its voxel-level edges. Full-resolution work is what a CPU step pays for: at 48^3, batch 2, 2 cores,
     its forward and backward cost 0.13 s against 0.42 s for residual-unet at the same width (README "Teaching a new
     structure").
 
@@ -105,7 +106,8 @@ class HalfResolutionAdapter(_Levels):
         return self.out(torch.cat([features, up], dim=1))
 
 
-DESIGNS = {"residual-unet": GroupAdapter, "half-resolution-unet": HalfResolutionAdapter}
+# the module of each AdapterConfig design (network.config.ADAPTER_DESIGNS names them without torch)
+DESIGNS = {"residual-unet": FullResolutionAdapter, "half-resolution-unet": HalfResolutionAdapter}
 
 
 class GroupAdapters(nn.ModuleDict):

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from .config import AdapterConfig, HermesRConfig
-from .group_adapter import GroupAdapter, GroupAdapters
+from .group_adapter import GroupAdapters
 from .heads import ModalityHead, TaskKernelHead
 from .prior_fusion import NULL_TASK, PriorFusionLayer
 from .residual_block import DownStage, Stem, UpStage
@@ -139,7 +139,7 @@ class HermesR(nn.Module):
         """The parameters ``add_new_rows`` created: all that add-task --mode priors trains."""
         return [p for layer in self.fusion for p in (layer.new_task_prior, layer.new_modality_prior) if p is not None]
 
-    def add_adapter(self, config: AdapterConfig, seed: int = 0) -> GroupAdapter:
+    def add_adapter(self, config: AdapterConfig, seed: int = 0) -> nn.Module:
         """A new group adapter (``hermesseg.network.group_adapter``) for ``config.task_ids``, on the network's
         device; it starts as the identity (zero last convolution), its other weights drawn from ``seed`` alone (the
         global random state is left as it was), so a training run is a function of its seed. Returns it (its

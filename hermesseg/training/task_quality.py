@@ -43,8 +43,8 @@ def held_out_quality(record: dict | None, refit: bool) -> dict[str, dict]:
     held-out cases); {} without a held-out split. ``refit``: the saved weights went on training on every case."""
     if not record:
         return {}
-    source = "held-out cases of its split" + \
-        ("; the saved weights then went on training on every case" if refit else "")
+    source = "held-out cases of its split" + ("; the saved weights then went on training on every case"
+                                              if refit else "")
     return {name: {"heldout_dice": float(d), "heldout_cases": len(record["held_out_cases"]), "source": source}
             for name, d in record["dice"].items() if d is not None}
 
