@@ -231,7 +231,8 @@ def score_hermes(model_path: Path, heldout: Path, base, patch, args) -> dict:
     result = {"dice": dice, "dice_without_found_rule": dice_all,
               "mean_dice_without_found_rule": float(np.mean(list(dice_all.values()))) if dice_all else None,
               "trained_parameters": trained_parameters(base_state, new_state),
-              "forgetting": forgetting(base, model, patch), "output_bytes": model_path.stat().st_size}
+              "forgetting": forgetting(base, model, patch), "output_bytes": model_path.stat().st_size,
+              "steps": model.manifest.lineage[-1].details.get("steps")}
     groups = list(dict.fromkeys(model.manifest.task(t).group for t in task_map.values()))
     pack = model_path.with_suffix(".pack.safetensors")
     code, last, _ = hermesseg("export-task", str(model_path), *groups, "-o", str(pack), threads=args.threads)
@@ -401,14 +402,14 @@ def format_row(r: dict) -> str:
         dice += f" (largest piece of each: mean {r['mean_dice_largest_piece']:.3f})"
     return (f"| {r['dataset']} | {r['k']} ({r['volumes']} vol) | {r['method']} | {r.get('status')} | "
             f"{_fmt(r.get('mean_dice'), '.3f')} | {_fmt(r.get('mean_dice_without_found_rule'), '.3f')} | "
-            f"{dice or '-'} | {_fmt(r.get('wall_s'), '.0f')} | "
+            f"{dice or '-'} | {_fmt(r.get('wall_s'), '.0f')} | {_fmt(r.get('steps'), ',')} | "
             f"{_fmt(r.get('trained_parameters'), ',')} | {_fmt(r.get('pack_bytes'), ',')} | "
             f"{_fmt(r.get('forgetting'), '.3g')} | {_fmt(r.get('vs_unet'), '.2f')} | {_fmt(r.get('vs_k10'), '.2f')} | "
             f"{' '.join(f'{x:.1f}' for x in r.get('load_average', ()))} |")
 
 
 HEADER = ("| dataset | k patients | method | status | mean Dice | without found rule | Dice per structure | wall s | "
-          "trained params | pack bytes | forgetting | vs U-Net | vs k=10 | load avg |\n|" + "---|" * 14)
+          "trained params | pack bytes | forgetting | vs U-Net | vs k=10 | load avg |\n|" + "---|" * 15)
 
 
 def parse_args(argv=None):

@@ -59,15 +59,16 @@ def run_json(argv: list[str], cache: Path) -> list[dict]:
     return [json.loads(line) for line in proc.stdout.splitlines()]
 
 
-def assert_sigterm_cancels(argv: list[str], out: Path, tmp_path: Path) -> None:
+def assert_sigterm_cancels(argv: list[str], out: Path, tmp_path: Path) -> dict:
     """``hermesseg ARGV --progress json`` in a process, SIGTERM after its second step: exit 130 within seconds, and
-    neither ``out`` nor a temporary file left in ``tmp_path``."""
+    neither ``out`` nor a temporary file left in ``tmp_path``. Returns the step event the signal followed."""
     proc = subprocess.Popen([sys.executable, "-m", "hermesseg.cli", *argv, "--progress", "json"],
                             env=command_env(tmp_path / "c"),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         for line in proc.stdout:
-            if json.loads(line).get("step", 0) >= 2:
+            event = json.loads(line)
+            if event.get("step", 0) >= 2:
                 break
         sent = time.monotonic()
         proc.send_signal(signal.SIGTERM)
@@ -79,3 +80,4 @@ def assert_sigterm_cancels(argv: list[str], out: Path, tmp_path: Path) -> None:
     assert rc == 130 and waited < 10
     assert "cancelled" in proc.stderr.read()
     assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+    return event

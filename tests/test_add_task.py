@@ -16,11 +16,13 @@ import pytest
 import SimpleITK as sitk
 import torch
 
+from hermesseg.add_task_options import DEFAULT_TOTAL_STEPS
 from hermesseg.cli import main
 from hermesseg.model import load_model
 from hermesseg.model_file import read_manifest, read_model_state
 from hermesseg.training.add_task import AddTaskRequest, add_task
 from hermesseg.training.forgetting import group_queries
+from hermesseg.training.held_out_training import planned_steps, steps_per_phase
 from hermesseg.imageio import read_image
 from hermesseg.preprocessing import Preprocessing, normalize_intensity, to_model_grid
 
@@ -187,8 +189,16 @@ def test_one_case_known_modality_is_deterministic_and_says_no_held_out_figure(tm
 
 def test_sigterm_stops_within_seconds_with_exit_130_and_no_output(tmp_path):
     out = tmp_path / "cancelled.safetensors"
-    assert_sigterm_cancels(["add-task", str(require(BASE)), "--data", str(require(BREAST)), "-o", str(out),
-                            "--group", "breast_new", "--steps", "100000", "--device", "cpu"], out, tmp_path)
+    event = assert_sigterm_cancels(["add-task", str(require(BASE)), "--data", str(require(BREAST)), "-o", str(out),
+                                    "--group", "breast_new", "--device", "cpu"], out, tmp_path)
+    # without --steps, the one phase of a one-case run gets the whole default length, not one phase's share
+    assert event["stage"] == "training" and event["total"] == DEFAULT_TOTAL_STEPS == 800
+
+
+def test_without_steps_the_phases_share_the_default_length():
+    assert [steps_per_phase(None, held_out, refit) for held_out, refit in ((True, True), (True, False), (False, True))] \
+        == [400, 800, 800]
+    assert steps_per_phase(7, True, True) == 7 and planned_steps(True, True, 7) == 14  # --steps N is per phase
 
 
 # ---------------------------------------------------------------------------------------------------- bad input

@@ -93,6 +93,7 @@ def test_tiny_run_scores_the_unet_and_every_available_method(tmp_path):
     priors = next(r for r in rows if r["method"] == "priors")
     if priors["status"] != "not available":
         assert priors["status"] == "ok" and priors["forgetting"] == 0.0 and priors["pack_bytes"] < 100_000
+        assert priors["steps"] == 20  # one patient: one phase, of --steps
         # Every held-out ACDC volume holds all three structures, so a mask the found rule rejects can only lose Dice.
         assert set(priors["dice_without_found_rule"]) == set(priors["dice"])
         assert all(priors["dice_without_found_rule"][k] >= d - 1e-9 for k, d in priors["dice"].items())

@@ -5,7 +5,7 @@ Kept free of torch so that `hermesseg --help` stays fast.
 
 from __future__ import annotations
 
-from ..add_task_options import DEFAULT_SPLIT_GROUP_PATTERN, DEFAULT_STEPS, DEFAULT_TIME_LIMIT_S
+from ..add_task_options import DEFAULT_SPLIT_GROUP_PATTERN, DEFAULT_TIME_LIMIT_S, DEFAULT_TOTAL_STEPS
 from ..errors import HermesError
 
 
@@ -24,8 +24,8 @@ def add_data_arguments(p) -> None:
 
 def add_run_arguments(p) -> None:
     """--steps, --time-limit, --seed, --no-refit, --split-group-pattern, --device, --cache-dir, --progress."""
-    p.add_argument("--steps", type=int, default=DEFAULT_STEPS, help=f"training steps per phase (default "
-                                                                     f"{DEFAULT_STEPS})")
+    p.add_argument("--steps", type=int, help=f"training steps per phase (default: {DEFAULT_TOTAL_STEPS} shared by the "
+                                              f"phases, half each for the held-out training and the refit)")
     p.add_argument("--time-limit", type=float, default=DEFAULT_TIME_LIMIT_S, metavar="SECONDS",
                    help=f"bound on the whole command, held-out check and refit included (default "
                         f"{DEFAULT_TIME_LIMIT_S:g}; 0: none)")

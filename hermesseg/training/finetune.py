@@ -16,8 +16,8 @@ A composition of the parts add-task is made of:
 6. fold the rows, forgetting after (the new model on the same cases), write the model file atomically with the
    record in its card (``card["fine_tuned"]``) and lineage (``child_manifest``).
 
-``--steps`` and ``--time-limit`` bound the work; the time limit covers the whole command. SIGINT/SIGTERM raise
-``Cancelled`` (exit 130): nothing is written.
+``--steps`` (per phase; without it the phases share ``DEFAULT_TOTAL_STEPS``) and ``--time-limit`` bound the work;
+the time limit covers the whole command. SIGINT/SIGTERM raise ``Cancelled`` (exit 130): nothing is written.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from ..model_file import save_model
 from .child_manifest import child_manifest, run_details
 from .distributed import DistContext, pick_device
 from .forgetting_dice import ForgettingMeasure, cache_parent_task_cases, forgetting_note
-from .held_out_training import planned_steps, train_held_out_then_refit
+from .held_out_training import planned_steps, steps_per_phase, train_held_out_then_refit
 from .loop import scaled_groups
 from .new_rows import continued_network, folded_network, network_with_new_rows, plan_new_rows
 from .new_task_cases import cache_dir_of, held_out_note, held_out_split, holds_out, prepare_cases
@@ -81,7 +81,8 @@ def finetune(request: FinetuneRequest, progress=None) -> FinetuneResult:
     base, manifest = checked.base, checked.base.manifest
     ctx = DistContext(device=pick_device(request.device))
     splits = held_out_split(checked, request)
-    clock = RunClock(request.time_limit, planned_steps(holds_out(splits), request.refit, request.steps), progress)
+    steps = steps_per_phase(request.steps, holds_out(splits), request.refit)
+    clock = RunClock(request.time_limit, planned_steps(holds_out(splits), request.refit, steps), progress)
     clock.event("prepare", "preprocessing the cases")
     cases = prepare_cases(checked, request, splits)
     pre, patch = cases.preprocessing, cases.preprocessing.patch_size
@@ -93,7 +94,7 @@ def finetune(request: FinetuneRequest, progress=None) -> FinetuneResult:
     forgetting.before(base.network, clock)
 
     rows = plan_new_rows(checked, None, cases.first_phase, patch, ctx.device, clock)
-    cfg = phase_config({**SETTINGS, "lr": float(request.lr)}, request.seed, request.steps, patch)
+    cfg = phase_config({**SETTINGS, "lr": float(request.lr)}, request.seed, steps, patch)
     trainable = scaled_groups(request.backbone_lr_scale, NEW_ROWS_LR_SCALE)
     replay_sources = [Source(d.name, REPLAY_WEIGHT / len(replay.datasets), replay.queries[d.name],
                              replay.modality_ids[d.name], [c for c in replay_cases if c.dataset == d.name])

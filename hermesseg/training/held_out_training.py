@@ -18,6 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
+from ..add_task_options import DEFAULT_TOTAL_STEPS
 from ..manifest import TaskEntry
 from ..network import HermesR
 from .cache import CachedCase
@@ -71,6 +72,15 @@ def train_held_out_then_refit(phase: Phase, cases: NewTaskCases, rows: NewRows, 
     return HeldOutTraining(result, steps, dice, record, keep)
 
 
+def phase_count(held_out: bool, refit: bool) -> int:
+    return 2 if held_out and refit else 1
+
+
+def steps_per_phase(steps: int | None, held_out: bool, refit: bool) -> int:
+    """``--steps`` is per phase; without it the phases share ``DEFAULT_TOTAL_STEPS`` (add_task_options)."""
+    return int(steps) if steps is not None else DEFAULT_TOTAL_STEPS // phase_count(held_out, refit)
+
+
 def planned_steps(held_out: bool, refit: bool, steps: int) -> int:
-    """Steps over every phase, for progress totals."""
-    return ((2 if refit else 1) if held_out else 1) * int(steps)
+    """Steps over every phase, for progress totals; ``steps`` per phase."""
+    return phase_count(held_out, refit) * int(steps)

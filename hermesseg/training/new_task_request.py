@@ -11,7 +11,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..add_task_options import DEFAULT_SPLIT_GROUP_PATTERN, DEFAULT_STEPS, DEFAULT_TIME_LIMIT_S
+from ..add_task_options import DEFAULT_SPLIT_GROUP_PATTERN, DEFAULT_TIME_LIMIT_S
 from ..errors import DatasetError, HermesError, OutputError, QueryError
 from ..manifest import Manifest
 from ..model import HermesModel
@@ -30,7 +30,7 @@ class NewTaskRequest:
     labels: list[str] | None = None
     group: str | None = None
     modality: str | None = None
-    steps: int = DEFAULT_STEPS
+    steps: int | None = None  # per phase; None: the phases share DEFAULT_TOTAL_STEPS (add_task_options)
     time_limit: float | None = DEFAULT_TIME_LIMIT_S  # seconds, the whole command; None: no limit
     seed: int = 0
     refit: bool = True
@@ -79,7 +79,7 @@ def same_file(a: Path, b: Path) -> bool:
 def check_run_limits(request: NewTaskRequest) -> None:
     if request.device not in ("auto", "cpu", "cuda"):
         raise HermesError(f"--device {request.device!r} is unknown; valid: auto, cpu, cuda")
-    if request.steps < 1:
+    if request.steps is not None and request.steps < 1:
         raise HermesError(f"--steps must be at least 1, got {request.steps}")
     if request.time_limit is not None and not (request.time_limit > 0 and math.isfinite(request.time_limit)):
         raise HermesError(f"--time-limit must be a positive number of seconds, got {request.time_limit}")
