@@ -22,7 +22,7 @@ from hermesseg.model import load_model
 from hermesseg.model_file import read_manifest, read_model_state
 from hermesseg.training.add_task import AddTaskRequest, add_task
 from hermesseg.training.forgetting import group_queries
-from hermesseg.training.held_out_training import planned_steps, steps_per_phase
+from hermesseg.training.held_out_training import phase_steps
 from hermesseg.imageio import read_image
 from hermesseg.preprocessing import Preprocessing, normalize_intensity, to_model_grid
 
@@ -196,9 +196,10 @@ def test_sigterm_stops_within_seconds_with_exit_130_and_no_output(tmp_path):
 
 
 def test_without_steps_the_phases_share_the_default_length():
-    assert [steps_per_phase(None, held_out, refit) for held_out, refit in ((True, True), (True, False), (False, True))] \
-        == [400, 800, 800]
-    assert steps_per_phase(7, True, True) == 7 and planned_steps(True, True, 7) == 14  # --steps N is per phase
+    # (steps per phase, steps over every phase)
+    assert [phase_steps(None, held_out, refit) for held_out, refit in ((True, True), (True, False), (False, True))] \
+        == [(400, 800), (800, 800), (800, 800)]
+    assert phase_steps(7, True, True) == (7, 14)  # --steps N is per phase
 
 
 # ---------------------------------------------------------------------------------------------------- bad input

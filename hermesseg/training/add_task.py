@@ -17,7 +17,8 @@ A composition of the shared parts (``finetune`` is the other one):
    (``forgetting``), write the model file atomically (``child_manifest``, ``save_model``).
 
 ``--steps`` (per phase; without it the phases share ``DEFAULT_TOTAL_STEPS``) and ``--time-limit`` bound the work,
-whichever ends first; the time limit covers the whole command (``run_clock``). SIGINT/SIGTERM raise ``Cancelled`` (exit 130): nothing is written.
+whichever ends first; the time limit covers the whole command (``run_clock``). SIGINT/SIGTERM raise ``Cancelled``
+(exit 130): nothing is written.
 """
 
 from __future__ import annotations
@@ -27,15 +28,14 @@ from pathlib import Path
 
 import numpy as np
 
-from ..add_task_options import (DEFAULT_MODE, DEFAULT_SPLIT_GROUP_PATTERN, DEFAULT_TOTAL_STEPS,  # noqa: F401
-                                DEFAULT_TIME_LIMIT_S, MODES)
+from ..add_task_options import DEFAULT_MODE, MODES
 from ..errors import HermesError, QueryError
 from ..model_file import save_model
 from ..network.config import AdapterConfig
 from .child_manifest import child_manifest, run_details
 from .distributed import DistContext, pick_device
 from .forgetting import ForgettingCheckError, compare_parent_tasks
-from .held_out_training import planned_steps, steps_per_phase, train_held_out_then_refit
+from .held_out_training import phase_steps, train_held_out_then_refit
 from .loop import new_prior_rows, new_rows_and_adapter
 from .new_rows import continued_network, folded_network, network_with_new_rows, plan_new_rows
 from .new_task_cases import held_out_note, held_out_split, holds_out, prepare_cases
@@ -86,8 +86,8 @@ def add_task(request: AddTaskRequest, progress=None) -> AddTaskResult:
     base, manifest = checked.base, checked.base.manifest
     ctx = DistContext(device=pick_device(request.device))  # one process: add-task is minutes, not hours
     splits = held_out_split(checked, request)
-    steps = steps_per_phase(request.steps, holds_out(splits), request.refit)
-    clock = RunClock(request.time_limit, planned_steps(holds_out(splits), request.refit, steps), progress)
+    steps, planned = phase_steps(request.steps, holds_out(splits), request.refit)
+    clock = RunClock(request.time_limit, planned, progress)
     clock.event("prepare", "preprocessing the cases")
     cases = prepare_cases(checked, request, splits)
     patch = cases.preprocessing.patch_size

@@ -32,7 +32,7 @@ from ..model_file import save_model
 from .child_manifest import child_manifest, run_details
 from .distributed import DistContext, pick_device
 from .forgetting_dice import ForgettingMeasure, cache_parent_task_cases, forgetting_note
-from .held_out_training import planned_steps, steps_per_phase, train_held_out_then_refit
+from .held_out_training import phase_steps, train_held_out_then_refit
 from .loop import scaled_groups
 from .new_rows import continued_network, folded_network, network_with_new_rows, plan_new_rows
 from .new_task_cases import cache_dir_of, held_out_note, held_out_split, holds_out, prepare_cases
@@ -81,8 +81,8 @@ def finetune(request: FinetuneRequest, progress=None) -> FinetuneResult:
     base, manifest = checked.base, checked.base.manifest
     ctx = DistContext(device=pick_device(request.device))
     splits = held_out_split(checked, request)
-    steps = steps_per_phase(request.steps, holds_out(splits), request.refit)
-    clock = RunClock(request.time_limit, planned_steps(holds_out(splits), request.refit, steps), progress)
+    steps, planned = phase_steps(request.steps, holds_out(splits), request.refit)
+    clock = RunClock(request.time_limit, planned, progress)
     clock.event("prepare", "preprocessing the cases")
     cases = prepare_cases(checked, request, splits)
     pre, patch = cases.preprocessing, cases.preprocessing.patch_size

@@ -72,15 +72,9 @@ def train_held_out_then_refit(phase: Phase, cases: NewTaskCases, rows: NewRows, 
     return HeldOutTraining(result, steps, dice, record, keep)
 
 
-def phase_count(held_out: bool, refit: bool) -> int:
-    return 2 if held_out and refit else 1
-
-
-def steps_per_phase(steps: int | None, held_out: bool, refit: bool) -> int:
-    """``--steps`` is per phase; without it the phases share ``DEFAULT_TOTAL_STEPS`` (add_task_options)."""
-    return int(steps) if steps is not None else DEFAULT_TOTAL_STEPS // phase_count(held_out, refit)
-
-
-def planned_steps(held_out: bool, refit: bool, steps: int) -> int:
-    """Steps over every phase, for progress totals; ``steps`` per phase."""
-    return phase_count(held_out, refit) * int(steps)
+def phase_steps(steps: int | None, held_out: bool, refit: bool) -> tuple[int, int]:
+    """(steps per phase, steps over every phase for progress totals). ``--steps`` is per phase; without it the
+    phases share ``DEFAULT_TOTAL_STEPS`` (add_task_options)."""
+    phases = 2 if held_out and refit else 1
+    per_phase = int(steps) if steps is not None else DEFAULT_TOTAL_STEPS // phases
+    return per_phase, phases * per_phase
