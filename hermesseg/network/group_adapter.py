@@ -13,11 +13,12 @@ Two designs (``AdapterConfig.design``): ``half-resolution-unet``, what add-task 
 resolution down and comes back to full resolution in one convolution; ``residual-unet``, the first design, runs its
 first level at full resolution and is kept so that its files load. On a CPU the full-resolution work is most of a
 training step, and the new structures are step-bound: on ACDC (5 patients) the half-resolution design at width 16
-learns about as much per step and fits the default 400 + 400 steps into the 600 s limit, which the first design did
-not (README "Teaching a new structure").
+learns about as much per step and, without feature replay, fitted 400 + 400 steps into the 600 s limit, which the
+first design did not (README "Teaching a new structure").
 
-It sits after the whole backbone: when only adapters train, the frozen network runs without building an autograd
-graph, and a training step costs one forward of the base plus the adapter's forward and backward.
+It sits after the whole backbone and reads only ``d0`` and ``f0``: when only adapters train, the frozen network runs
+without building an autograd graph, and an update on stored features costs the adapter's forward and backward alone,
+which add-task uses for its adapter-only updates between joint steps (``hermesseg.training.feature_replay``).
 """
 
 from __future__ import annotations

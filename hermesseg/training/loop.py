@@ -6,7 +6,8 @@ all parameters; ``add-task --mode priors`` trains only the new prior rows (``Her
 ``finetune`` trains everything in named groups whose learning rates are scaled (``scaled_groups``: the backbone at
 about 0.1x, spec 4 "Transfer"). A hook returns parameters, or optimiser parameter groups ``{"name", "params",
 "lr_scale"}``; the schedule's learning rate times ``lr_scale`` is each group's.
-What happens after each step (logging, validation, checkpoints, progress, stopping) is the caller's ``on_step``.
+What happens after each step (logging, validation, checkpoints, progress, stopping) is the caller's ``on_step``;
+``add-task --mode adapter`` also passes a ``FeatureReplay``, whose adapter-only updates follow every step.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from torch import nn
 from ..errors import HermesError
 from ..network import HermesR
 from .distributed import DistContext
+from .feature_replay import FeatureReplay
 from .loss import hermes_loss
 from .optim import EMA, build_optimizer, lr_at, set_lr
 from .sampling import PatchSampler, batch_loader, make_targets
@@ -96,12 +98,25 @@ class Step:
 def run_iterations(model: nn.Module, network: HermesR, opt: Optimisation, sampler: PatchSampler, cfg: dict,
                    ctx: DistContext, start: int, total: int, stop_requested: Callable[[], bool],
                    on_step: Callable[[Step], bool],
-                   horizon: Callable[[], int | None] = lambda: None) -> int:
+                   horizon: Callable[[], int | None] = lambda: None, replay: FeatureReplay | None = None) -> int:
     """Iterations ``start..total-1``; ``model`` is ``network`` or its DDP wrapper. ``on_step`` returns True to end
     the loop early; ``horizon()``, where the learning-rate decay ends if before ``total`` (``optim.lr_at``).
-    Returns the number of iterations done (counting from 0)."""
+    With ``replay`` (entered), each iteration adds ``replay.plan.updates`` adapter-only updates at its learning
+    rate. Returns the number of iterations done (counting from 0)."""
     device = ctx.device
     use_bf16 = device.type == "cuda" and bool(cfg["amp"])
+    trained = [p for p in network.parameters() if p.requires_grad]
+    limit = float(cfg["grad_clip"]) if cfg["grad_clip"] > 0 else float("inf")
+
+    def update(loss: torch.Tensor, i: int) -> float:
+        """One optimiser step on ``loss`` (clipped gradient, then the EMA); returns the gradient norm."""
+        opt.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(trained, limit))
+        opt.optimizer.step()
+        opt.ema.update(network, i)
+        return grad_norm
+
     iteration = start
     loader = batch_loader(sampler, start, total, int(cfg["num_workers"]))
     for i, batch in zip(range(start, total), loader):
@@ -120,13 +135,13 @@ def run_iterations(model: nn.Module, network: HermesR, opt: Optimisation, sample
         if stats[4] > 0:
             raise HermesError(f"the loss became non-finite at iteration {i + 1}; lower the learning rate "
                               f"(lr {cfg['lr']}) or check the data")
-        opt.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        limit = float(cfg["grad_clip"]) if cfg["grad_clip"] > 0 else float("inf")
-        grad_norm = float(torch.nn.utils.clip_grad_norm_([p for p in network.parameters() if p.requires_grad],
-                                                         limit))
-        opt.optimizer.step()
-        opt.ema.update(network, i)
+        grad_norm = update(loss, i)
+        if replay is not None:  # adapter-only updates on pooled features (feature_replay)
+            replay.record(targets, task_ids)
+            for _ in range(replay.plan.updates):
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
+                    replayed, replay_targets, replay_ids = replay.batch()
+                update(hermes_loss(replayed, replay_targets, replay_ids)[0], i)
         iteration = i + 1
         parts = {"loss": float(stats[0]), "bce": float(stats[1]), "dice": float(stats[2]),
                  "modality_ce": float(stats[3])}

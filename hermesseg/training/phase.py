@@ -1,14 +1,16 @@
 """One training phase of add-task or finetune: the shared loop on a prepared network, bounded by steps and seconds.
 
 The caller prepares the network (``new_rows.network_with_new_rows``), says what trains (the loop's ``trainable``
-hook) and where the batches come from (sampler ``Source``s: the new tasks' cases, and for finetune the replay
-cases). A phase reports every step to the ``RunClock`` and stops early when its seconds are used up (its learning
-rate then decays to where the seconds are expected to run out, ``optim.lr_at``); it returns
-the EMA network (the weights a model file gets), the steps done and the last loss parts.
+hook), where the batches come from (sampler ``Source``s: the new tasks' cases, and for finetune the replay cases)
+and, for an adapter, how many adapter-only updates on pooled features follow each step (``feature_replay``). A
+phase reports every step to the ``RunClock`` and stops early when its seconds are used up (its learning rate then
+decays to where the seconds are expected to run out, ``optim.lr_at``); it returns the EMA network (the weights a
+model file gets), the steps done and the last loss parts.
 """
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass
 import math
 import time
@@ -17,6 +19,7 @@ from typing import Sequence
 from ..network import HermesR
 from .config import resolve_config
 from .distributed import DistContext
+from .feature_replay import FeatureReplay, ReplayPlan
 from .loop import Step, Trainable, prepare_optimisation, run_iterations
 from .run_clock import RunClock
 from .sampling import PatchSampler, Source
@@ -37,7 +40,8 @@ def phase_config(settings: dict, seed: int, steps: int, patch_size) -> dict:
 
 
 def train_phase(network: HermesR, trainable: Trainable, sources: Sequence[Source], cfg: dict, clock: RunClock,
-                stage: str, budget_s: float, ctx: DistContext) -> PhaseResult:
+                stage: str, budget_s: float, ctx: DistContext, replay: ReplayPlan | None = None) -> PhaseResult:
+    """``replay``: adapter-only updates on pooled features after every step (``feature_replay``)."""
     steps = int(cfg["iterations"])
     opt = prepare_optimisation(network, cfg, trainable)
     sampler = PatchSampler(sources, cfg["patch_size"], cfg["batch_size"], cfg["foreground_probability"],
@@ -65,7 +69,9 @@ def train_phase(network: HermesR, trainable: Trainable, sources: Sequence[Source
             return None
         return int(budget_s / clock.step_s)
 
-    done = run_iterations(network, network, opt, sampler, cfg, ctx, 0, steps, lambda: False, on_step, horizon)
+    with FeatureReplay(network, replay, int(cfg["seed"])) if replay else nullcontext() as pooled:
+        done = run_iterations(network, network, opt, sampler, cfg, ctx, 0, steps, lambda: False, on_step, horizon,
+                              pooled)
     clock.planned -= steps - done
     groups = [{"name": g["name"], "parameters": sum(p.numel() for p in g["params"]), "lr_scale": g["lr_scale"],
                "peak_lr": peak[k]} for k, g in enumerate(opt.optimizer.param_groups)]

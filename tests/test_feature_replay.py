@@ -1,0 +1,114 @@
+"""Feature replay (add-task --mode adapter, ``hermesseg.training.feature_replay``) on the shipped default model and
+a real cine-MR window: a replayed update computes exactly the logits the network's forward gave, trains the adapter
+alone, and leaves no hook behind. (The trained runs: tests/test_add_task_adapter.py, tests/test_add_task.py.)"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+from hermesseg.model import load_model
+from hermesseg.network.config import AdapterConfig
+from hermesseg.preprocessing import Preprocessing, normalize_intensity, resample_label_to_grid, to_model_grid
+from hermesseg.training.feature_replay import FeatureReplay, ReplayPlan
+from hermesseg.training.loss import hermes_loss
+from hermesseg.training.sampling import make_targets
+
+from paths import ACDC, require, SHIPPED_MODEL
+from threads import one_torch_thread  # noqa: F401 (autouse fixture)
+
+CINE = {"scheme": "percentile_clip_zscore", "percentiles": [1.0, 99.0], "stats_region": "all"}
+CASE = "patient001_frame01"
+
+
+@pytest.fixture(scope="module")
+def window():
+    """A real ACDC image and label window on the model grid: image (2, 1, 16, 48, 48), label (2, 16, 48, 48)."""
+    pre = Preprocessing.from_dict({"spacing": [3.0, 3.0, 3.0], "intensity": {"MR-cine": CINE}})
+    image = to_model_grid(sitk.ReadImage(str(require(ACDC) / "imagesTr" / f"{CASE}_0000.nii.gz")), pre.spacing)
+    truth = sitk.ReadImage(str(ACDC / "labelsTr" / f"{CASE}.nii.gz"))
+    label = sitk.GetArrayFromImage(resample_label_to_grid(truth, image))
+    array = normalize_intensity(sitk.GetArrayFromImage(image), pre.norm_for("MR-cine"))
+    z, y, x = (max(0, (s - p) // 2) for s, p in zip(array.shape, (16, 48, 48)))
+    crop = (slice(z, z + 16), slice(y, y + 48), slice(x, x + 48))
+    patch = torch.from_numpy(np.ascontiguousarray(array[crop], dtype=np.float32))
+    labels = torch.from_numpy(np.ascontiguousarray(label[crop]).astype(np.int64))
+    assert labels.unique().tolist() == [0, 1, 2, 3]  # the window holds all three heart structures
+    return patch[None, None].repeat(2, 1, 1, 1, 1), labels[None].repeat(2, 1, 1, 1)
+
+
+def _taught_network():
+    """The default model with three new rows, a new modality and add-task's adapter design, its weights random so
+    that the correction is not zero; the new rows and the adapter train, as in add-task."""
+    net = load_model(require(SHIPPED_MODEL)).network
+    rows = net.add_new_rows([0, 1, 2], [1])
+    adapter = net.add_adapter(AdapterConfig("heart", tuple(rows), design="half-resolution-unet", width=16))
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in adapter.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen) * 0.1)
+    for p in net.parameters():
+        p.requires_grad_(False)
+    for p in net.new_prior_parameters() + list(adapter.parameters()):
+        p.requires_grad_(True)
+    return net.train(), rows
+
+
+def test_a_replayed_batch_gives_the_forward_s_own_logits(window):
+    image, label = window
+    net, rows = _taught_network()
+    query, modality = torch.tensor([rows + [-1]] * 2), torch.tensor([4, 4])
+    with FeatureReplay(net, ReplayPlan(updates=1, pool=2), seed=0) as replay:
+        logits, _ = net(image, query, modality)
+        targets = make_targets(label, query)
+        replay.record(targets, query)
+        replayed, replay_targets, replay_ids = replay.batch()
+        assert torch.equal(replayed, logits)
+        assert torch.equal(replay_targets, targets) and torch.equal(replay_ids, query)
+        # the pool keeps the last `pool` steps only
+        for _ in range(3):
+            net(image, query, modality)
+            replay.record(targets, query)
+        assert len(replay.pool) == 2
+
+
+def test_a_replayed_update_trains_the_adapter_and_not_the_rows(window):
+    image, label = window
+    net, rows = _taught_network()
+    query, modality = torch.tensor([rows + [-1]] * 2), torch.tensor([4, 4])
+    rows_before = [p.detach().clone() for p in net.new_prior_parameters()]
+    adapter = net.adapters._modules["heart"]
+    adapter_before = [p.detach().clone() for p in adapter.parameters()]
+    optimizer = torch.optim.AdamW(net.new_prior_parameters() + list(adapter.parameters()), lr=1e-2)
+    with FeatureReplay(net, ReplayPlan(updates=1, pool=4), seed=0) as replay:
+        with torch.no_grad():
+            net(image, query, modality)
+        replay.record(make_targets(label, query), query)
+        replayed, targets, ids = replay.batch()
+        optimizer.zero_grad(set_to_none=True)
+        hermes_loss(replayed, targets, ids)[0].backward()
+        assert all(p.grad is None for p in net.new_prior_parameters())  # no graph reaches the rows
+        optimizer.step()
+    assert all(torch.equal(a, b) for a, b in zip(rows_before, net.new_prior_parameters()))
+    assert any(not torch.equal(a, b) for a, b in zip(adapter_before, adapter.parameters()))
+
+
+def test_the_hooks_live_only_inside_the_context(window):
+    image, _ = window
+    net, rows = _taught_network()
+    watched = (net.stem, net.decoder[-1], net.task_head)
+    replay = FeatureReplay(net, ReplayPlan(updates=1, pool=4), seed=0)
+    with replay:
+        assert all(len(m._forward_hooks) == 1 for m in watched)
+    assert all(len(m._forward_hooks) == 0 for m in watched) and len(replay.pool) == 0
+    with torch.no_grad():
+        net(image[:1], torch.tensor([rows + [-1]]), torch.tensor([4]))
+    assert replay._seen == {}
+
+
+def test_a_network_without_an_adapter_is_refused():
+    net = load_model(require(SHIPPED_MODEL)).network
+    with pytest.raises(ValueError, match="has none"):
+        FeatureReplay(net, ReplayPlan(updates=1, pool=4), seed=0)
