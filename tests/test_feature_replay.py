@@ -4,39 +4,25 @@ alone, and leaves no hook behind. (The trained runs: tests/test_add_task_adapter
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
-import SimpleITK as sitk
 import torch
 
 from hermesseg.model import load_model
 from hermesseg.network.config import AdapterConfig
-from hermesseg.preprocessing import Preprocessing, normalize_intensity, resample_label_to_grid, to_model_grid
 from hermesseg.training.feature_replay import FeatureReplay, ReplayPlan
 from hermesseg.training.loss import hermes_loss
 from hermesseg.training.sampling import make_targets
 
-from paths import ACDC, require, SHIPPED_MODEL
+from cine_window import cine_window
+from paths import require, SHIPPED_MODEL
 from threads import one_torch_thread  # noqa: F401 (autouse fixture)
-
-CINE = {"scheme": "percentile_clip_zscore", "percentiles": [1.0, 99.0], "stats_region": "all"}
-CASE = "patient001_frame01"
-
 
 @pytest.fixture(scope="module")
 def window():
     """A real ACDC image and label window on the model grid: image (2, 1, 16, 48, 48), label (2, 16, 48, 48)."""
-    pre = Preprocessing.from_dict({"spacing": [3.0, 3.0, 3.0], "intensity": {"MR-cine": CINE}})
-    image = to_model_grid(sitk.ReadImage(str(require(ACDC) / "imagesTr" / f"{CASE}_0000.nii.gz")), pre.spacing)
-    truth = sitk.ReadImage(str(ACDC / "labelsTr" / f"{CASE}.nii.gz"))
-    label = sitk.GetArrayFromImage(resample_label_to_grid(truth, image))
-    array = normalize_intensity(sitk.GetArrayFromImage(image), pre.norm_for("MR-cine"))
-    z, y, x = (max(0, (s - p) // 2) for s, p in zip(array.shape, (16, 48, 48)))
-    crop = (slice(z, z + 16), slice(y, y + 48), slice(x, x + 48))
-    patch = torch.from_numpy(np.ascontiguousarray(array[crop], dtype=np.float32))
-    labels = torch.from_numpy(np.ascontiguousarray(label[crop]).astype(np.int64))
+    patch, labels = cine_window()
     assert labels.unique().tolist() == [0, 1, 2, 3]  # the window holds all three heart structures
-    return patch[None, None].repeat(2, 1, 1, 1, 1), labels[None].repeat(2, 1, 1, 1)
+    return patch.repeat(2, 1, 1, 1, 1), labels.repeat(2, 1, 1, 1)
 
 
 def _taught_network():
@@ -60,7 +46,7 @@ def test_a_replayed_batch_gives_the_forward_s_own_logits(window):
     image, label = window
     net, rows = _taught_network()
     query, modality = torch.tensor([rows + [-1]] * 2), torch.tensor([4, 4])
-    with FeatureReplay(net, ReplayPlan(updates=1, pool=2), seed=0) as replay:
+    with FeatureReplay(net, ReplayPlan(updates_per_step=1, pool_steps=2), seed=0) as replay:
         logits, _ = net(image, query, modality)
         targets = make_targets(label, query)
         replay.record(targets, query)
@@ -82,7 +68,7 @@ def test_a_replayed_update_trains_the_adapter_and_not_the_rows(window):
     adapter = net.adapters._modules["heart"]
     adapter_before = [p.detach().clone() for p in adapter.parameters()]
     optimizer = torch.optim.AdamW(net.new_prior_parameters() + list(adapter.parameters()), lr=1e-2)
-    with FeatureReplay(net, ReplayPlan(updates=1, pool=4), seed=0) as replay:
+    with FeatureReplay(net, ReplayPlan(updates_per_step=1, pool_steps=4), seed=0) as replay:
         with torch.no_grad():
             net(image, query, modality)
         replay.record(make_targets(label, query), query)
@@ -99,7 +85,7 @@ def test_the_hooks_live_only_inside_the_context(window):
     image, _ = window
     net, rows = _taught_network()
     watched = (net.stem, net.decoder[-1], net.task_head)
-    replay = FeatureReplay(net, ReplayPlan(updates=1, pool=4), seed=0)
+    replay = FeatureReplay(net, ReplayPlan(updates_per_step=1, pool_steps=4), seed=0)
     with replay:
         assert all(len(m._forward_hooks) == 1 for m in watched)
     assert all(len(m._forward_hooks) == 0 for m in watched) and len(replay.pool) == 0
@@ -111,4 +97,4 @@ def test_the_hooks_live_only_inside_the_context(window):
 def test_a_network_without_an_adapter_is_refused():
     net = load_model(require(SHIPPED_MODEL)).network
     with pytest.raises(ValueError, match="has none"):
-        FeatureReplay(net, ReplayPlan(updates=1, pool=4), seed=0)
+        FeatureReplay(net, ReplayPlan(updates_per_step=1, pool_steps=4), seed=0)

@@ -23,7 +23,7 @@ whichever ends first; the time limit covers the whole command (``run_clock``). S
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -52,7 +52,7 @@ CHECK_STEPS = 12  # the check and the write take about as long as this many trai
 ADAPTER = {"design": "half-resolution-unet", "width": 16, "levels": 3, "blocks": 1}
 # --mode adapter: 3 adapter-only updates on the features of the last 16 steps after every step (feature_replay;
 # chosen on ACDC against 0 and 8 updates, README "Teaching a new structure").
-REPLAY = ReplayPlan(updates=3, pool=16)
+REPLAY = ReplayPlan(updates_per_step=3, pool_steps=16)
 # The optimiser of the new rows (measured on ACDC from the default model; see README "Teaching a new structure").
 SETTINGS = {"lr": 1e-2, "weight_decay": 0.0, "warmup_iterations": 10, "batch_size": 2, "ema_decay": 0.98,
             "modality_loss_weight": 0.0, "num_workers": 0, "validate_every": 0}
@@ -98,6 +98,7 @@ def add_task(request: AddTaskRequest, progress=None) -> AddTaskResult:
     rows = plan_new_rows(checked, request.init_from, cases.first_phase, patch, ctx.device, clock)
     cfg = phase_config(SETTINGS, request.seed, steps, patch)
     adapter = AdapterConfig(checked.group, tuple(rows.query), **ADAPTER) if request.mode == "adapter" else None
+    replay = REPLAY if adapter is not None else None
 
     def phase(phase_cases, stage: str, share: float, start):
         source = Source("new", 1.0, rows.query, rows.modality_id, phase_cases)
@@ -110,7 +111,7 @@ def add_task(request: AddTaskRequest, progress=None) -> AddTaskResult:
         # --mode adapter: the new rows and the new group's adapter train together
         trainable = new_rows_and_adapter if adapter is not None else new_prior_rows
         return train_phase(network, trainable, [source], cfg, clock, stage, clock.budget(share, CHECK_STEPS), ctx,
-                           REPLAY if adapter is not None else None)
+                           replay)
 
     trained = train_held_out_then_refit(phase, cases, rows, request.refit, ctx.device, clock)
     total_steps, held = trained.steps, trained.dice
@@ -127,9 +128,8 @@ def add_task(request: AddTaskRequest, progress=None) -> AddTaskResult:
     check = {"queries": report.queries, "tasks": report.tasks, "max_abs_logit_difference": report.max_abs_difference,
              "image": f"{cases.every[0].dataset}/{cases.every[0].case} (centre {CHECK_WINDOW}^3 window)"}
     note = held_out_note(held, trained.keep_largest)
-    replay = {"updates_per_step": REPLAY.updates, "pool_steps": REPLAY.pool} if adapter is not None else None
     details = {"mode": request.mode, **run_details(checked, request, total_steps, wall, str(ctx.device)),
-               "feature_replay": replay,
+               "feature_replay": asdict(replay) if replay else None,
                "init": rows.init, "held_out": trained.record, "forgetting_check": check}
     card_entry = {"tasks": rows.names, "group": checked.group, "mode": request.mode, "init": rows.init,
                   "held_out_dice": held, "steps": total_steps, "wall_s": round(wall, 1),

@@ -4,9 +4,10 @@ Why: a group adapter reads only the last decoder features ``d0`` and the stem fe
 correction to the task head's logits (``hermesseg.network.group_adapter``). A joint step of the new rows and the
 adapter pays for the frozen network's forward and the backward through it (for the rows); the adapter's own share is
 about a third (ACDC, 48^3, batch 2, 2 CPU cores: 0.75 s a step, 0.25 s of it the adapter). The new structures are
-step-bound on a CPU, so after each joint step ``updates`` more updates of the adapter alone run on batches drawn from
-the last ``pool`` steps' features: each costs the adapter's forward and backward, not the network's. The rows move on
-joint steps only; a pooled batch's features were computed with rows at most ``pool`` steps old.
+step-bound on a CPU, so after each joint step ``updates_per_step`` more updates of the adapter alone run on batches
+drawn from the last ``pool_steps`` steps' features: each costs the adapter's forward and backward, not the
+network's. The rows move on joint steps only; a pooled batch's features were computed with rows at most
+``pool_steps`` steps old.
 
 Measured (``benchmarks/bench_add_task.py``, ACDC, 5 patients, default settings, 600 s on 2 CPU cores): 3 updates
 per step from a pool of 16 steps, mean held-out Dice 0.597 in 316 steps, against 0.570 in 795 steps without replay;
@@ -30,8 +31,8 @@ from ..network import HermesR
 
 @dataclass(frozen=True)
 class ReplayPlan:
-    updates: int  # adapter-only updates after every joint step
-    pool: int  # the steps whose features are kept
+    updates_per_step: int  # adapter-only updates after every joint step
+    pool_steps: int  # the steps whose features are kept
 
 
 class FeatureReplay:
@@ -45,7 +46,7 @@ class FeatureReplay:
             raise ValueError("feature replay trains a group adapter; this network has none")
         self.network, self.plan = network, plan
         self.rng = np.random.default_rng([int(seed), 0x5EED])
-        self.pool: deque = deque(maxlen=plan.pool)
+        self.pool: deque = deque(maxlen=plan.pool_steps)
         self._seen: dict[str, torch.Tensor] = {}
         self._hooks = []
 

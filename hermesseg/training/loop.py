@@ -101,7 +101,7 @@ def run_iterations(model: nn.Module, network: HermesR, opt: Optimisation, sample
                    horizon: Callable[[], int | None] = lambda: None, replay: FeatureReplay | None = None) -> int:
     """Iterations ``start..total-1``; ``model`` is ``network`` or its DDP wrapper. ``on_step`` returns True to end
     the loop early; ``horizon()``, where the learning-rate decay ends if before ``total`` (``optim.lr_at``).
-    With ``replay`` (entered), each iteration adds ``replay.plan.updates`` adapter-only updates at its learning
+    With ``replay`` (entered), each iteration adds ``replay.plan.updates_per_step`` adapter-only updates at its learning
     rate. Returns the number of iterations done (counting from 0)."""
     device = ctx.device
     use_bf16 = device.type == "cuda" and bool(cfg["amp"])
@@ -138,7 +138,7 @@ def run_iterations(model: nn.Module, network: HermesR, opt: Optimisation, sample
         grad_norm = update(loss, i)
         if replay is not None:  # adapter-only updates on pooled features (feature_replay)
             replay.record(targets, task_ids)
-            for _ in range(replay.plan.updates):
+            for _ in range(replay.plan.updates_per_step):
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
                     replayed, replay_targets, replay_ids = replay.batch()
                 update(hermes_loss(replayed, replay_targets, replay_ids)[0], i)
