@@ -14,9 +14,7 @@ import shutil
 from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
 import pytest
-import SimpleITK as sitk
 import torch
 from safetensors.torch import save_file
 
@@ -26,10 +24,10 @@ from hermesseg.model import load_model
 from hermesseg.model_file import MANIFEST_DIGEST_KEY, MANIFEST_KEY, read_manifest, read_model_state, save_model
 from hermesseg.network.config import ADAPTER_DESIGNS, AdapterConfig
 from hermesseg.network.group_adapter import DESIGNS
-from hermesseg.preprocessing import Preprocessing, normalize_intensity, to_model_grid
 from hermesseg.task_pack import read_pack
 from hermesseg.training.forgetting import group_queries
 
+from cine_window import CINE, cine_window
 from paths import ACDC, require, SHIPPED_MODEL
 from threads import one_torch_thread  # noqa: F401 (autouse fixture)
 
@@ -37,7 +35,6 @@ BASE = SHIPPED_MODEL
 N = len(read_manifest(BASE).tasks)  # the base model's tasks: the heart group's rows are N, N + 1, N + 2
 GROUP = "heart"
 TASKS = ["heart_right_ventricle", "heart_myocardium", "heart_left_ventricle"]
-CINE = {"scheme": "percentile_clip_zscore", "percentiles": [1.0, 99.0], "stats_region": "all"}
 
 
 @pytest.fixture(scope="module")
@@ -70,12 +67,7 @@ def work(tmp_path_factory):
 @pytest.fixture(scope="module")
 def cine():
     """A real ACDC image on the model grid, normalised as MR-cine: (2, 1, 16, 48, 48) (the same window twice)."""
-    image = sitk.ReadImage(str(require(ACDC) / "imagesTr" / "patient001_frame01_0000.nii.gz"))
-    pre = Preprocessing.from_dict({"spacing": [3.0, 3.0, 3.0], "intensity": {"MR-cine": CINE}})
-    array = normalize_intensity(sitk.GetArrayFromImage(to_model_grid(image, pre.spacing)), pre.norm_for("MR-cine"))
-    z, y, x = (max(0, (s - p) // 2) for s, p in zip(array.shape, (16, 48, 48)))
-    patch = torch.from_numpy(np.ascontiguousarray(array[z:z + 16, y:y + 48, x:x + 48], dtype=np.float32))
-    return patch[None, None].repeat(2, 1, 1, 1, 1)
+    return cine_window()[0].repeat(2, 1, 1, 1, 1)
 
 
 def _logits(model, queries: list[list[int]], modalities: list[int], image: torch.Tensor) -> torch.Tensor:
