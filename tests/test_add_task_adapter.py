@@ -83,7 +83,7 @@ def test_the_adapter_belongs_to_the_new_group_alone(taught):
     record = manifest.lineage[-1].details
     assert record["mode"] == "adapter" and record["forgetting_check"]["max_abs_logit_difference"] == 0.0
     assert record["forgetting_check"]["tasks"] == len(base_manifest.tasks)
-    assert record["feature_replay"] == {"updates_per_step": 3, "pool_steps": 16}
+    assert record["feature_replay"] == {"updates_per_step": 8, "pool_steps": 16, "crop": 32}
 
 
 def _design(manifest) -> dict:

@@ -60,6 +60,31 @@ def test_a_replayed_batch_gives_the_forward_s_own_logits(window):
         assert len(replay.pool) == 2
 
 
+def test_a_cropped_replay_takes_one_window_of_logits_features_and_targets(window):
+    """``crop``: the update sees a random window of the pooled step, the same one in the head's logits, the features
+    the adapter reads and the targets. Checked with an adapter that outputs zero (as a new one does), so the
+    replayed logits are the head's own, and with the head's logits recorded as the targets: then the two are equal
+    only if both were cut at the same place."""
+    image, _ = window
+    net = load_model(require(SHIPPED_MODEL)).network.eval()
+    rows = net.add_new_rows([0, 1, 2], [1])
+    net.add_adapter(AdapterConfig("heart", tuple(rows), design="half-resolution-pointwise", width=16))
+    query, modality = torch.tensor([rows + [-1]] * 2), torch.tensor([4, 4])
+    with torch.no_grad(), FeatureReplay(net, ReplayPlan(updates_per_step=1, pool_steps=1, crop=16), seed=0) as replay:
+        logits, _ = net(image, query, modality)  # (2, 4, 16, 48, 48)
+        replay.record(logits, query)
+        seen = set()
+        for _ in range(6):
+            replayed, targets, _ = replay.batch()
+            assert replayed.shape == (2, 4, 16, 16, 16) and torch.equal(replayed, targets)
+            # the window is one of the 33 x 33 places a 16^3 crop has in the 16 x 48 x 48 grid
+            where = [(int(y), int(x)) for y in range(33) for x in range(33)
+                     if torch.equal(targets, logits[:, :, :, y:y + 16, x:x + 16])]
+            assert len(where) == 1
+            seen.add(where[0])
+        assert len(seen) > 1  # drawn afresh for every update
+
+
 def test_a_replayed_update_trains_the_adapter_and_not_the_rows(window):
     image, label = window
     net, rows = _taught_network()

@@ -108,8 +108,9 @@ def test_the_adapter_runs_only_for_its_group(work, cine):
     assert torch.allclose(mixed[1, :3], _logits(child, [padded, padded], [4, 4], cine)[1, :3], atol=1e-4)
 
 
-def test_the_half_resolution_adapter_starts_as_the_identity_and_corrects_on_the_full_grid(cine):
-    """add-task's design: zero output at first (the group's logits are the rows' alone), then a correction of the
+@pytest.mark.parametrize("design, head_kernel", [("half-resolution-unet", 3), ("half-resolution-pointwise", 1)])
+def test_the_half_resolution_adapters_start_as_the_identity_and_correct_on_the_full_grid(cine, design, head_kernel):
+    """add-task's designs: zero output at first (the group's logits are the rows' alone), then a correction of the
     window's exact size, also for sizes that do not halve evenly."""
     net = load_model(BASE).network
     first = net.num_task_rows
@@ -119,8 +120,8 @@ def test_the_half_resolution_adapter_starts_as_the_identity_and_corrects_on_the_
     window = cine[:1, :, :, :45, :47]  # (1, 1, 16, 45, 47)
     with torch.no_grad():
         before = net(window, query, modality)[0]
-        adapter = net.add_adapter(AdapterConfig(GROUP, (first, first + 1, first + 2), design="half-resolution-unet",
-                                                width=16))
+        adapter = net.add_adapter(AdapterConfig(GROUP, (first, first + 1, first + 2), design=design, width=16))
+        assert adapter.out[2].kernel_size == (head_kernel,) * 3
         assert torch.equal(net(window, query, modality)[0], before)
         delta = adapter(torch.randn(1, 8, 16, 45, 47), torch.randn(1, 8, 16, 45, 47))
         assert delta.shape == (1, 3, 16, 45, 47) and float(delta.abs().max()) == 0.0

@@ -30,8 +30,8 @@ _ADAPTER_GROUP = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 # residual-unet: every level's blocks from full resolution down (the first design, kept so its files load);
 # half-resolution-unet: one strided convolution to 1/2 resolution, the levels there, and one convolution back at full
 # resolution (its forward and backward 3.3x cheaper at the same width on 2 CPU cores; README "Teaching a new
-# structure").
-ADAPTER_DESIGNS = ("residual-unet", "half-resolution-unet")
+# structure"); half-resolution-pointwise: the same with a 1x1x1 convolution at full resolution (cheaper again).
+ADAPTER_DESIGNS = ("residual-unet", "half-resolution-unet", "half-resolution-pointwise")
 MAX_ADAPTER_LEVELS = 4  # at most Hermes-R's own coarsest level (1/16 for half-resolution-unet), so any patch it takes
 
 
@@ -42,8 +42,8 @@ class AdapterConfig:
 
     ``task_ids``: the group's rows, in the order of the adapter's output channels. ``design``: one of
     ``ADAPTER_DESIGNS``. ``width``: channels at the finest level the blocks run at (doubled per level; full
-    resolution for residual-unet, 1/2 for half-resolution-unet), ``levels``: resolution levels, ``blocks``: residual
-    blocks per level.
+    resolution for residual-unet, 1/2 for the half-resolution designs), ``levels``: resolution levels, ``blocks``:
+    residual blocks per level.
     """
 
     group: str
