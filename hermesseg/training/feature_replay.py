@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from ..network import HermesR
+from .sampling import patch_start
 
 
 @dataclass(frozen=True)
@@ -39,8 +40,8 @@ def random_crop(shape, edge: int | None, rng: np.random.Generator) -> tuple[slic
     """Slices of a random window of ``edge`` voxels per axis (the whole axis where it is shorter) of ``shape``."""
     if edge is None:
         return tuple(slice(None) for _ in shape)
-    starts = [int(rng.integers(n - edge + 1)) if n > edge else 0 for n in shape]
-    return tuple(slice(a, a + edge) for a in starts)
+    size = [min(edge, n) for n in shape]
+    return tuple(slice(a, a + n) for a, n in zip(patch_start(shape, size, rng), size))
 
 
 class FeatureReplay:
