@@ -22,6 +22,7 @@ from hermesseg.model import load_model
 from hermesseg.model_file import read_model_state
 from hermesseg.network.config import AdapterConfig
 from hermesseg.preprocessing import Preprocessing, normalize_intensity, to_model_grid
+from hermesseg.training.config import DEFAULTS
 from hermesseg.training.forgetting import group_queries
 
 from paths import ACDC, DATA, REPO, require, SHIPPED_MODEL
@@ -84,6 +85,13 @@ def test_the_adapter_belongs_to_the_new_group_alone(taught):
     assert record["mode"] == "adapter" and record["forgetting_check"]["max_abs_logit_difference"] == 0.0
     assert record["forgetting_check"]["tasks"] == len(base_manifest.tasks)
     assert record["feature_replay"] == {"updates_per_step": 8, "pool_steps": 16, "crop": 32}
+    # the stronger augmentation add-task trains with, merged over base training's (rotations, scales, intensities)
+    augmentation = record["training"]["augmentation"]
+    assert (augmentation["affine_probability"], augmentation["intensity_probability"]) == (0.8, 0.3)
+    assert {k: v for k, v in augmentation.items() if not k.endswith("_probability")} == \
+        {k: v for k, v in DEFAULTS["augmentation"].items() if not k.endswith("_probability")}
+    assert record["training"]["lr"] == 1e-2
+    assert record["training"]["patch_size"] == list(manifest.preprocessing["patch_size"])
 
 
 def _design(manifest) -> dict:

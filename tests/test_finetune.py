@@ -24,6 +24,8 @@ from hermesseg.inference.sliding_window import sliding_window_probabilities
 from hermesseg.model import load_model
 from hermesseg.model_file import read_manifest, read_model_state
 from hermesseg.preprocessing import Preprocessing, normalize_intensity, resample_label_to_grid, to_model_grid
+from hermesseg.finetune_options import DEFAULT_LR
+from hermesseg.training.config import DEFAULTS
 from hermesseg.training.finetune import FinetuneRequest, finetune
 from hermesseg.training.loop import prepare_optimisation, scaled_groups
 from hermesseg.training.optim import set_lr
@@ -117,6 +119,9 @@ def test_done_event_progress_and_forgetting_not_measured(acdc_run):
     d = manifest.lineage[-1].details
     assert manifest.lineage[-1].operation == "finetune" and d["held_out"]["dice"] == o["held_out_dice"]
     assert len({c.split("_")[0] for c in d["held_out"]["held_out_cases"]}) == 1
+    # finetune trains with base training's augmentation (add-task's stronger one was measured for its adapter only)
+    assert d["training"]["augmentation"] == DEFAULTS["augmentation"]
+    assert d["training"]["lr"] == DEFAULT_LR and d["training"]["batch_size"] == 2
 
 
 def test_forgetting_is_measured_on_the_replay_cases_and_before_is_the_parents_dice(replay_run):

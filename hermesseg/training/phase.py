@@ -34,9 +34,19 @@ class PhaseResult:
     samples: dict[str, int]  # patches drawn per sampler source
 
 
+# what a phase's lineage record keeps of its resolved configuration (with the seed, steps and data run_details names)
+RECORDED_SETTINGS = ("lr", "weight_decay", "warmup_iterations", "batch_size", "ema_decay", "patch_size",
+                     "foreground_probability", "augmentation")
+
+
 def phase_config(settings: dict, seed: int, steps: int, patch_size) -> dict:
     """The resolved training configuration of a phase: the method's ``settings`` with the run's seed and length."""
     return resolve_config({**settings, "seed": int(seed), "iterations": int(steps), "patch_size": list(patch_size)})
+
+
+def recorded_settings(cfg: dict) -> dict:
+    """The settings of ``cfg`` (a ``phase_config``) that the lineage records, so a run can be repeated and compared."""
+    return {key: cfg[key] for key in RECORDED_SETTINGS}
 
 
 def train_phase(network: HermesR, trainable: Trainable, sources: Sequence[Source], cfg: dict, clock: RunClock,
