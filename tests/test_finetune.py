@@ -19,12 +19,12 @@ import SimpleITK as sitk
 import torch
 
 from hermesseg.compatibility import compatibility_fingerprint
+from hermesseg.finetune_options import DEFAULT_LR
 from hermesseg.imageio import read_image
 from hermesseg.inference.sliding_window import sliding_window_probabilities
 from hermesseg.model import load_model
 from hermesseg.model_file import read_manifest, read_model_state
 from hermesseg.preprocessing import Preprocessing, normalize_intensity, resample_label_to_grid, to_model_grid
-from hermesseg.finetune_options import DEFAULT_LR
 from hermesseg.training.config import DEFAULTS
 from hermesseg.training.finetune import FinetuneRequest, finetune
 from hermesseg.training.loop import prepare_optimisation, scaled_groups

@@ -41,7 +41,7 @@ from .loop import new_prior_rows, new_rows_and_adapter
 from .new_rows import continued_network, folded_network, network_with_new_rows, plan_new_rows
 from .new_task_cases import held_out_note, held_out_split, holds_out, prepare_cases
 from .new_task_request import NewTaskData, NewTaskRequest, NewTaskResult, check_new_task_data, check_run_limits
-from .phase import phase_config, recorded_settings, train_phase
+from .phase import phase_config, train_phase
 from .run_clock import RunClock
 from .sampling import Source
 
@@ -134,8 +134,8 @@ def add_task(request: AddTaskRequest, progress=None) -> AddTaskResult:
     check = {"queries": report.queries, "tasks": report.tasks, "max_abs_logit_difference": report.max_abs_difference,
              "image": f"{cases.every[0].dataset}/{cases.every[0].case} (centre {CHECK_WINDOW}^3 window)"}
     note = held_out_note(held, trained.keep_largest)
-    details = {"mode": request.mode, **run_details(checked, request, total_steps, wall, str(ctx.device)),
-               "training": recorded_settings(cfg), "feature_replay": asdict(replay) if replay else None,
+    details = {"mode": request.mode, **run_details(checked, request, cfg, total_steps, wall, str(ctx.device)),
+               "feature_replay": asdict(replay) if replay else None,
                "init": rows.init, "held_out": trained.record, "forgetting_check": check}
     card_entry = {"tasks": rows.names, "group": checked.group, "mode": request.mode, "init": rows.init,
                   "held_out_dice": held, "steps": total_steps, "wall_s": round(wall, 1),

@@ -2,8 +2,9 @@
 new modality), its lineage plus one record, its card plus one entry under the method's key.
 
 The card's licences are the parent's and the new data's (``shippable`` only if both are); ``card["parent"]`` names
-the parent's fingerprint. ``run_details`` is the part of the lineage record both methods write: the data (case ids
-and a hash of the training files), the run's length, seed, wall time and device.
+the parent's fingerprint. ``run_details`` is the part of the lineage record both methods write: the training
+settings (``phase.recorded_settings``), the data (case ids and a hash of the training files), the run's length,
+seed, wall time and device.
 """
 
 from __future__ import annotations
@@ -20,10 +21,14 @@ from .model_card import data_licences
 from .model_plan import task_entry
 from .new_task_cases import NewTaskCases
 from .new_task_request import NewTaskData, NewTaskRequest
+from .phase import recorded_settings
 
 
-def run_details(checked: NewTaskData, request: NewTaskRequest, steps: int, wall: float, device: str) -> dict:
-    return {"group": checked.group, "modality": checked.modality, "new_modality": checked.new_modality,
+def run_details(checked: NewTaskData, request: NewTaskRequest, cfg: dict, steps: int, wall: float,
+                device: str) -> dict:
+    """``cfg``: the run's ``phase_config``."""
+    return {"training": recorded_settings(cfg), "group": checked.group, "modality": checked.modality,
+            "new_modality": checked.new_modality,
             "cases": {d.name: [c.name for c in d.cases] for d in checked.datasets},
             "data_sha256": training_files_sha256(checked.datasets), "steps": steps, "steps_requested": request.steps,
             "time_limit_s": request.time_limit, "seed": request.seed, "refit": request.refit, "wall_s": round(wall, 1),

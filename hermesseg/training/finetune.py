@@ -38,7 +38,7 @@ from .new_rows import continued_network, folded_network, network_with_new_rows, 
 from .new_task_cases import cache_dir_of, held_out_note, held_out_split, holds_out, prepare_cases
 from .new_task_request import NewTaskData, NewTaskRequest, NewTaskResult, check_new_task_data, check_run_limits
 from .parent_task_data import ParentTaskData, check_replay, parent_tasks_of
-from .phase import phase_config, recorded_settings, train_phase
+from .phase import phase_config, train_phase
 from .run_clock import RunClock
 from .sampling import Source
 
@@ -113,8 +113,8 @@ def finetune(request: FinetuneRequest, progress=None) -> FinetuneResult:
 
     wall = clock.elapsed()
     note = f"{held_out_note(trained.dice, trained.keep_largest)}; {forgetting_note(record)}"
-    details = {"method": "finetune", **run_details(checked, request, trained.steps, wall, str(ctx.device)),
-               "training": recorded_settings(cfg), "backbone_lr_scale": float(request.backbone_lr_scale),
+    details = {"method": "finetune", **run_details(checked, request, cfg, trained.steps, wall, str(ctx.device)),
+               "backbone_lr_scale": float(request.backbone_lr_scale),
                "parameter_groups": trained.result.groups, "samples": trained.result.samples,
                "replay": {d.name: [c.name for c in d.cases] for d in replay.datasets},
                "init": rows.init, "held_out": trained.record, "forgetting": record}

@@ -34,7 +34,7 @@ class PhaseResult:
     samples: dict[str, int]  # patches drawn per sampler source
 
 
-# what a phase's lineage record keeps of its resolved configuration (with the seed, steps and data run_details names)
+# what the lineage record keeps of a phase's resolved configuration (child_manifest.run_details adds seed, steps, data)
 RECORDED_SETTINGS = ("lr", "weight_decay", "warmup_iterations", "batch_size", "ema_decay", "patch_size",
                      "foreground_probability", "augmentation")
 
