@@ -18,7 +18,8 @@ whose held-out check chose it. The U-Net is also scored with the largest piece o
 time, trained parameters (elements new or changed against the base), pack size (``export-task``) and forgetting
 (maximum absolute logit change of every base task, queried in its own group, on a held-out image). Methods the
 installed ``hermesseg`` does not offer are reported as "not available". The table is printed with the load average
-and the Dice ratio against the U-Net of the same run, and written as JSON.
+and the Dice ratio against the U-Net of the same run, and written as JSON. ``--seed 0,1`` runs every setting on each
+of those patient splits (seeded draws of training and held-out patients) and adds the mean and range over them.
 
     PYTHONPATH=. .venv/bin/python benchmarks/bench_add_task.py --datasets acdc --k 1,2,5 --methods priors,unet \
         --json runs/bench_add_task.json
@@ -140,7 +141,7 @@ def hermesseg(*args: str, threads: int, timeout: float | None = None) -> tuple[i
         time.perf_counter() - start
 
 
-def teach(method: str, base: Path, data: Path, out: Path, args) -> dict:
+def teach(method: str, base: Path, data: Path, out: Path, seed: int, args) -> dict:
     """Run add-task or finetune; returns wall time and the final progress object (or an error)."""
     length = (["--steps", str(args.steps)] if args.steps else []) + \
              (["--time-limit", str(args.time_limit)] if args.time_limit else [])
@@ -148,7 +149,7 @@ def teach(method: str, base: Path, data: Path, out: Path, args) -> dict:
         argv = ["finetune", str(base), "--data", str(data), "-o", str(out)]
     else:
         argv = ["add-task", str(base), "--data", str(data), "-o", str(out), "--mode", method]
-    code, last, wall = hermesseg(*argv, *length, "--seed", str(args.seed), threads=args.threads)
+    code, last, wall = hermesseg(*argv, *length, "--seed", str(seed), threads=args.threads)
     return {"status": "ok" if code == 0 and out.is_file() else f"failed (exit {code}): {last}", "wall_s": wall}
 
 
@@ -335,24 +336,26 @@ def run(args) -> dict:
     available = {"priors": cli_offers("add-task", "priors"), "adapter": cli_offers("add-task", "adapter"),
                  "finetune": cli_offers("finetune"), "unet": True}
     rows = []
-    result = {"base": str(args.base), "threads": args.threads, "seed": args.seed, "steps": args.steps,
+    result = {"base": str(args.base), "threads": args.threads, "seeds": args.seed, "steps": args.steps,
               "time_limit": args.time_limit, "load_average_start": os.getloadavg(), "rows": rows,
               "available": available, "cpu_count": os.cpu_count(), "torch": torch.__version__}
-    for key in args.datasets:
+    for seed, key in ((seed, key) for seed in args.seed for key in args.datasets):
         spec = DATASETS[key]
         cases = dataset_cases(spec.root)
-        pool, heldout_patients = split_patients(cases, spec.patient_pattern, max(KS), args.seed, args.max_heldout)
+        pool, heldout_patients = split_patients(cases, spec.patient_pattern, max(KS), seed, args.max_heldout)
         heldout_cases = cases_of(heldout_patients, cases, spec.patient_pattern)
-        heldout = build_subset(spec.root, heldout_cases, work / f"{key}_heldout")
+        key_dir = f"{key}_seed{seed}"
+        heldout = build_subset(spec.root, heldout_cases, work / f"{key_dir}_heldout")
         meta = json.loads((spec.root / "dataset.json").read_text())
         patch_image = held_out_patch(heldout / "imagesTr" / f"{heldout_cases[0]}_0000{meta['file_ending']}",
                                      spacing, IntensityNorm.from_dict(default_intensity(meta["modality"])))
         for k in args.k:
             train_cases = cases_of(pool[:k], cases, spec.patient_pattern)
-            train_dir = build_subset(spec.root, train_cases, work / f"{key}_k{k}")
+            train_dir = build_subset(spec.root, train_cases, work / f"{key_dir}_k{k}")
             hermes_wall = None  # the longest Hermes run at this k: the U-Net's budget
             for method in args.methods:
-                row = {"dataset": key, "k": k, "volumes": len(train_cases), "heldout_cases": len(heldout_cases),
+                row = {"dataset": key, "seed": seed, "k": k, "volumes": len(train_cases),
+                       "heldout_cases": len(heldout_cases),
                        "train_patients": pool[:k], "method": method}
                 rows.append(row)
                 if not available[method]:
@@ -362,12 +365,12 @@ def run(args) -> dict:
                     seconds = args.unet_seconds or hermes_wall or args.time_limit or 600.0
                     start = time.perf_counter()
                     net, ds, tasks, norm, info = train_unet(train_dir, work / "cache", spacing, patch, seconds,
-                                                            args.seed)
+                                                            seed)
                     row.update(status="ok", budget_s=seconds, wall_s=time.perf_counter() - start, **info)
                     row.update(score_unet(net, ds, tasks, norm, heldout, spacing, patch))
                 else:
-                    out = work / f"{key}_k{k}_{method}.safetensors"
-                    row.update(teach(method, Path(args.base), train_dir, out, args))
+                    out = work / f"{key_dir}_k{k}_{method}.safetensors"
+                    row.update(teach(method, Path(args.base), train_dir, out, seed, args))
                     if row["status"] == "ok":
                         hermes_wall = max(hermes_wall or 0.0, row["wall_s"])
                         row.update(score_hermes(out, heldout, base, patch_image, args))
@@ -376,20 +379,53 @@ def run(args) -> dict:
                 row["load_average"] = os.getloadavg()
                 print(format_row(row), flush=True)
     add_ratios(rows)
+    result["summary"] = split_summary(rows)
     result["load_average_end"] = os.getloadavg()
     return result
 
 
 def add_ratios(rows: list[dict]) -> None:
-    """Dice against the U-Net of the same dataset and k, and against the same method's k = 10 result."""
-    by = {(r["dataset"], r["k"], r["method"]): r for r in rows}
+    """Dice against the U-Net of the same split, dataset and k, and against the same method's k = 10 result on the
+    same split."""
+    by = {(r["seed"], r["dataset"], r["k"], r["method"]): r for r in rows}
     for r in rows:
         if r.get("mean_dice") is None:
             continue
-        unet = by.get((r["dataset"], r["k"], "unet"), {}).get("mean_dice")
-        ten = by.get((r["dataset"], 10, r["method"]), {}).get("mean_dice")
+        unet = by.get((r["seed"], r["dataset"], r["k"], "unet"), {}).get("mean_dice")
+        ten = by.get((r["seed"], r["dataset"], 10, r["method"]), {}).get("mean_dice")
         r["vs_unet"] = r["mean_dice"] / unet if unet and r["method"] != "unet" else None
         r["vs_k10"] = r["mean_dice"] / ten if ten else None
+
+
+def split_summary(rows: list[dict]) -> list[dict]:
+    """Per dataset, k and method, the mean Dice and the ratios over the splits (``--seed 0,1,...``) that scored,
+    with their range: which patients are drawn moves a k = 5 figure more than most settings do, so a setting is
+    judged on its mean over several splits and on whether it wins on each."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        if r.get("mean_dice") is not None:
+            groups.setdefault((r["dataset"], r["k"], r["method"]), []).append(r)
+    out = []
+    for (dataset, k, method), scored in groups.items():
+        entry = {"dataset": dataset, "k": k, "method": method, "seeds": [r["seed"] for r in scored]}
+        for name in ("mean_dice", "vs_unet", "vs_k10"):
+            values = [r[name] for r in scored if r.get(name) is not None]
+            entry[name] = float(np.mean(values)) if values else None
+            entry[f"{name}_range"] = [float(min(values)), float(max(values))] if values else None
+        out.append(entry)
+    return out
+
+
+def format_summary(entry: dict) -> str:
+    def cell(name: str, spec: str) -> str:
+        span = entry[f"{name}_range"]
+        return "-" if span is None else f"{entry[name]:{spec}} ({span[0]:{spec}}-{span[1]:{spec}})"
+    return (f"| {entry['dataset']} | {entry['k']} | {entry['method']} | {','.join(map(str, entry['seeds']))} | "
+            f"{cell('mean_dice', '.3f')} | {cell('vs_unet', '.2f')} | {cell('vs_k10', '.2f')} |")
+
+
+SUMMARY_HEADER = ("| dataset | k patients | method | splits (seeds) | mean Dice (range) | vs U-Net (range) | "
+                  "vs k=10 (range) |\n|" + "---|" * 7)
 
 
 def _fmt(value, spec: str) -> str:
@@ -400,7 +436,7 @@ def format_row(r: dict) -> str:
     dice = " ".join(f"{k}={v:.3f}" for k, v in (r.get("dice") or {}).items())
     if r.get("mean_dice_largest_piece") is not None:
         dice += f" (largest piece of each: mean {r['mean_dice_largest_piece']:.3f})"
-    return (f"| {r['dataset']} | {r['k']} ({r['volumes']} vol) | {r['method']} | {r.get('status')} | "
+    return (f"| {r['dataset']} | {r['seed']} | {r['k']} ({r['volumes']} vol) | {r['method']} | {r.get('status')} | "
             f"{_fmt(r.get('mean_dice'), '.3f')} | {_fmt(r.get('mean_dice_without_found_rule'), '.3f')} | "
             f"{dice or '-'} | {_fmt(r.get('wall_s'), '.0f')} | {_fmt(r.get('steps'), ',')} | "
             f"{_fmt(r.get('trained_parameters'), ',')} | {_fmt(r.get('pack_bytes'), ',')} | "
@@ -408,8 +444,9 @@ def format_row(r: dict) -> str:
             f"{' '.join(f'{x:.1f}' for x in r.get('load_average', ()))} |")
 
 
-HEADER = ("| dataset | k patients | method | status | mean Dice | without found rule | Dice per structure | wall s | "
-          "trained params | pack bytes | forgetting | vs U-Net | vs k=10 | load avg |\n|" + "---|" * 15)
+HEADER = ("| dataset | split (seed) | k patients | method | status | mean Dice | without found rule | Dice per "
+          "structure | wall s | steps | trained params | pack bytes | forgetting | vs U-Net | vs k=10 | load avg |\n|"
+          + "---|" * 16)
 
 
 def parse_args(argv=None):
@@ -424,7 +461,8 @@ def parse_args(argv=None):
     p.add_argument("--unet-seconds", type=float,
                    help="U-Net training time (default: the longest Hermes run's wall time at the same k)")
     p.add_argument("--max-heldout", type=int, help="score at most this many held-out patients")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=lambda s: [int(x) for x in s.split(",")], default=[0],
+                   help="patient splits to run (comma separated seeds); with several, a summary over them follows")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--work", help="working folder (default: a new temporary folder)")
     p.add_argument("--json", type=Path, help="write the results here")
@@ -448,6 +486,10 @@ def main(argv=None) -> int:
     print("\n" + HEADER)
     for r in result["rows"]:
         print(format_row(r))
+    if len(args.seed) > 1:
+        print("\nover the splits\n" + SUMMARY_HEADER)
+        for entry in result["summary"]:
+            print(format_summary(entry))
     print(f"load average at end: {' '.join(f'{x:.2f}' for x in result['load_average_end'])}")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -70,6 +70,27 @@ def test_method_detection_and_options():
         bench.parse_args(["--k", "11"])
 
 
+def test_ratios_pair_runs_of_one_split_and_the_summary_spans_the_splits():
+    def row(seed, k, method, dice):
+        return {"dataset": "acdc", "seed": seed, "k": k, "method": method, "mean_dice": dice}
+    rows = [row(0, 5, "adapter", 0.6), row(0, 5, "unet", 0.8), row(0, 10, "adapter", 0.75),
+            row(1, 5, "adapter", 0.7), row(1, 5, "unet", 0.7),
+            {"dataset": "acdc", "seed": 1, "k": 10, "method": "adapter", "status": "failed (exit 1): x"}]
+    bench.add_ratios(rows)
+    assert rows[0]["vs_unet"] == pytest.approx(0.75) and rows[0]["vs_k10"] == pytest.approx(0.8)
+    assert rows[3]["vs_unet"] == pytest.approx(1.0) and rows[3]["vs_k10"] is None  # seed 1 has no k = 10 score
+    summary = {(e["k"], e["method"]): e for e in bench.split_summary(rows)}
+    adapter = summary[(5, "adapter")]
+    assert adapter["seeds"] == [0, 1] and adapter["mean_dice"] == pytest.approx(0.65)
+    assert adapter["mean_dice_range"] == pytest.approx([0.6, 0.7])
+    assert adapter["vs_unet"] == pytest.approx(0.875) and adapter["vs_unet_range"] == pytest.approx([0.75, 1.0])
+    assert adapter["vs_k10"] == pytest.approx(0.8) and adapter["vs_k10_range"] == pytest.approx([0.8, 0.8])
+    assert summary[(10, "adapter")]["seeds"] == [0]  # the failed run is not averaged in
+    assert summary[(5, "unet")]["vs_unet"] is None
+    assert "0.650 (0.600-0.700)" in bench.format_summary(adapter)
+    assert bench.parse_args(["--seed", "0,1"]).seed == [0, 1] and bench.parse_args([]).seed == [0]
+
+
 def test_trained_parameters_counts_new_and_changed_elements():
     base = {"a.task_prior": torch.zeros(3, 4), "b": torch.ones(5)}
     new = {"a.task_prior": torch.cat([torch.zeros(3, 4), torch.ones(2, 4)]), "b": torch.tensor([1., 2, 1, 1, 3]),
