@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import itertools
 import json
 import os
 import re
@@ -339,7 +340,7 @@ def run(args) -> dict:
     result = {"base": str(args.base), "threads": args.threads, "seeds": args.seed, "steps": args.steps,
               "time_limit": args.time_limit, "load_average_start": os.getloadavg(), "rows": rows,
               "available": available, "cpu_count": os.cpu_count(), "torch": torch.__version__}
-    for seed, key in ((seed, key) for seed in args.seed for key in args.datasets):
+    for seed, key in itertools.product(args.seed, args.datasets):
         spec = DATASETS[key]
         cases = dataset_cases(spec.root)
         pool, heldout_patients = split_patients(cases, spec.patient_pattern, max(KS), seed, args.max_heldout)
@@ -449,10 +450,18 @@ HEADER = ("| dataset | split (seed) | k patients | method | status | mean Dice |
           + "---|" * 16)
 
 
+def int_list(text: str) -> list[int]:
+    """``--k`` and ``--seed``: comma separated integers."""
+    try:
+        return [int(x) for x in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma separated integers, got {text!r}") from None
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--datasets", type=lambda s: s.split(","), default=list(DATASETS), help="acdc,la")
-    p.add_argument("--k", type=lambda s: [int(x) for x in s.split(",")], default=list(KS),
+    p.add_argument("--k", type=int_list, default=list(KS),
                    help="training patients per run (comma separated, each at most 10)")
     p.add_argument("--methods", type=lambda s: s.split(","), default=list(METHODS), help=",".join(METHODS))
     p.add_argument("--base", default=str(BASE_MODEL))
@@ -461,7 +470,7 @@ def parse_args(argv=None):
     p.add_argument("--unet-seconds", type=float,
                    help="U-Net training time (default: the longest Hermes run's wall time at the same k)")
     p.add_argument("--max-heldout", type=int, help="score at most this many held-out patients")
-    p.add_argument("--seed", type=lambda s: [int(x) for x in s.split(",")], default=[0],
+    p.add_argument("--seed", type=int_list, default=[0],
                    help="patient splits to run (comma separated seeds); with several, a summary over them follows")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--work", help="working folder (default: a new temporary folder)")

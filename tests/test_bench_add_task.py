@@ -89,6 +89,8 @@ def test_ratios_pair_runs_of_one_split_and_the_summary_spans_the_splits():
     assert summary[(5, "unet")]["vs_unet"] is None
     assert "0.650 (0.600-0.700)" in bench.format_summary(adapter)
     assert bench.parse_args(["--seed", "0,1"]).seed == [0, 1] and bench.parse_args([]).seed == [0]
+    with pytest.raises(SystemExit):  # argparse's one-line usage error, exit 2
+        bench.parse_args(["--seed", "0,x"])
 
 
 def test_trained_parameters_counts_new_and_changed_elements():
