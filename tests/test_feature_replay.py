@@ -9,6 +9,7 @@ import torch
 
 from hermesseg.model import load_model
 from hermesseg.network.config import AdapterConfig
+from hermesseg.training.add_task import ADAPTER
 from hermesseg.training.feature_replay import FeatureReplay, ReplayPlan
 from hermesseg.training.loss import hermes_loss
 from hermesseg.training.sampling import make_targets
@@ -26,11 +27,12 @@ def window():
 
 
 def _taught_network():
-    """The default model with three new rows, a new modality and add-task's adapter design, its weights random so
-    that the correction is not zero; the new rows and the adapter train, as in add-task."""
+    """The default model with three new rows, a new modality and add-task's adapter design (which reads the image
+    too), its weights random so that the correction is not zero; the new rows and the adapter train, as in
+    add-task."""
     net = load_model(require(SHIPPED_MODEL)).network
     rows = net.add_new_rows([0, 1, 2], [1])
-    adapter = net.add_adapter(AdapterConfig("heart", tuple(rows), design="half-resolution-unet", width=16))
+    adapter = net.add_adapter(AdapterConfig("heart", tuple(rows), design=ADAPTER["design"], width=16))
     gen = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for p in adapter.parameters():
@@ -62,13 +64,13 @@ def test_a_replayed_batch_gives_the_forward_s_own_logits(window):
 
 def test_a_cropped_replay_takes_one_window_of_logits_features_and_targets(window):
     """``crop``: the update sees a random window of the pooled step, the same one in the head's logits, the features
-    the adapter reads and the targets. Checked with an adapter that outputs zero (as a new one does), so the
+    the adapter reads (the image included) and the targets. Checked with an adapter that outputs zero (as a new one does), so the
     replayed logits are the head's own, and with the head's logits recorded as the targets: then the two are equal
     only if both were cut at the same place."""
     image, _ = window
     net = load_model(require(SHIPPED_MODEL)).network.eval()
     rows = net.add_new_rows([0, 1, 2], [1])
-    net.add_adapter(AdapterConfig("heart", tuple(rows), design="half-resolution-pointwise", width=16))
+    net.add_adapter(AdapterConfig("heart", tuple(rows), design=ADAPTER["design"], width=16))
     query, modality = torch.tensor([rows + [-1]] * 2), torch.tensor([4, 4])
     with torch.no_grad(), FeatureReplay(net, ReplayPlan(updates_per_step=1, pool_steps=1, crop=16), seed=0) as replay:
         logits, _ = net(image, query, modality)  # (2, 4, 16, 48, 48)
@@ -112,8 +114,9 @@ def test_the_hooks_live_only_inside_the_context(window):
     watched = (net.stem, net.decoder[-1], net.task_head)
     replay = FeatureReplay(net, ReplayPlan(updates_per_step=1, pool_steps=4), seed=0)
     with replay:
-        assert all(len(m._forward_hooks) == 1 for m in watched)
-    assert all(len(m._forward_hooks) == 0 for m in watched) and len(replay.pool) == 0
+        assert all(len(m._forward_hooks) == 1 for m in watched) and len(net.stem._forward_pre_hooks) == 1
+    assert all(len(m._forward_hooks) == 0 for m in watched) and len(net.stem._forward_pre_hooks) == 0
+    assert len(replay.pool) == 0
     with torch.no_grad():
         net(image[:1], torch.tensor([rows + [-1]]), torch.tensor([4]))
     assert replay._seen == {}

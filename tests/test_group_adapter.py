@@ -108,7 +108,8 @@ def test_the_adapter_runs_only_for_its_group(work, cine):
     assert torch.allclose(mixed[1, :3], _logits(child, [padded, padded], [4, 4], cine)[1, :3], atol=1e-4)
 
 
-@pytest.mark.parametrize("design, head_kernel", [("half-resolution-unet", 3), ("half-resolution-pointwise", 1)])
+@pytest.mark.parametrize("design, head_kernel", [("half-resolution-unet", 3), ("half-resolution-pointwise", 1),
+                                                 ("image-pointwise", 1)])
 def test_the_half_resolution_adapters_start_as_the_identity_and_correct_on_the_full_grid(cine, design, head_kernel):
     """add-task's designs: zero output at first (the group's logits are the rows' alone), then a correction of the
     window's exact size, also for sizes that do not halve evenly."""
@@ -123,7 +124,7 @@ def test_the_half_resolution_adapters_start_as_the_identity_and_correct_on_the_f
         adapter = net.add_adapter(AdapterConfig(GROUP, (first, first + 1, first + 2), design=design, width=16))
         assert adapter.out[2].kernel_size == (head_kernel,) * 3
         assert torch.equal(net(window, query, modality)[0], before)
-        delta = adapter(torch.randn(1, 8, 16, 45, 47), torch.randn(1, 8, 16, 45, 47))
+        delta = adapter(torch.randn(1, 8, 16, 45, 47), torch.randn(1, 8, 16, 45, 47), window)
         assert delta.shape == (1, 3, 16, 45, 47) and float(delta.abs().max()) == 0.0
         gen = torch.Generator().manual_seed(0)
         for p in adapter.parameters():
@@ -132,6 +133,27 @@ def test_the_half_resolution_adapters_start_as_the_identity_and_correct_on_the_f
     assert after.shape == before.shape
     assert float((after[:, :3] - before[:, :3]).abs().max()) > 0.1
     assert torch.equal(after[:, 3], before[:, 3])  # the padded slot is not the adapter's
+
+
+@pytest.mark.parametrize("design, reads_image", [("residual-unet", False), ("half-resolution-unet", False),
+                                                 ("half-resolution-pointwise", False), ("image-pointwise", True)])
+def test_only_the_image_pointwise_design_reads_the_image(cine, design, reads_image):
+    """add-task's design corrects from the image as well as from d0 and f0; the older designs read what they read
+    before (so their files give the same logits as when they were written): another image under the same d0 and f0
+    changes the correction of image-pointwise alone."""
+    net = load_model(BASE).network
+    first = net.num_task_rows
+    net.add_new_rows([0, 1, 2], [1])
+    net.fold_new_rows()
+    adapter = net.add_adapter(AdapterConfig(GROUP, (first, first + 1, first + 2), design=design, width=8))
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in adapter.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen) * 0.2)
+        d0, f0 = torch.randn(1, 8, 16, 48, 48, generator=gen), torch.randn(1, 8, 16, 48, 48, generator=gen)
+        image = cine[:1]
+        other = adapter(d0, f0, image.flip(-1)) - adapter(d0, f0, image)
+    assert (float(other.abs().max()) > 0.1) == reads_image
 
 
 def test_a_task_pack_carries_the_adapter_and_round_trips_to_identical_logits(work, cine, capsys):

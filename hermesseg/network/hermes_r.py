@@ -16,11 +16,13 @@ from .residual_block import DownStage, Stem, UpStage
 
 class SharedFeatures(NamedTuple):
     """The query-independent features of a batch of windows: stem output f0 (B, w0, *S), encoder 1/2 output f1 and
-    encoder 1/4 output e2 before its prior fusion (both skips of the decoder, and the first fusion's input)."""
+    encoder 1/4 output e2 before its prior fusion (both skips of the decoder, and the first fusion's input), and the
+    input image (B, 1, *S) itself, which an ``image-pointwise`` group adapter reads."""
 
     f0: torch.Tensor
     f1: torch.Tensor
     e2: torch.Tensor
+    image: torch.Tensor
 
     def repeat(self, times: int) -> "SharedFeatures":
         """The same features ``times`` times along the batch (query-major), for several queries per window."""
@@ -76,7 +78,7 @@ class HermesR(nn.Module):
         the FLOPs): compute it once per window and decode every query of a request from it."""
         f0 = self.stem(image)
         f1 = self.encoder[0](f0)
-        return SharedFeatures(f0, f1, self.encoder[1](f1))
+        return SharedFeatures(f0, f1, self.encoder[1](f1), image)
 
     def decode(self, shared: SharedFeatures, task_ids: torch.Tensor, modality_ids: torch.Tensor):
         """``forward`` from ``encode_shared``'s features: ``decode(encode_shared(x), t, m) == forward(x, t, m)``.
@@ -99,7 +101,7 @@ class HermesR(nn.Module):
         modality_tokens = torch.cat([m2, m3, m4, m5, m6], dim=-1)
         logits = self.task_head(task_tokens, d0)
         if len(self.adapters):  # only queries that hold an adapter's rows run through it
-            logits = self.adapters.correct(logits, task_ids, d0, f0)
+            logits = self.adapters.correct(logits, task_ids, d0, f0, shared.image)
         return logits, self.modality_head(modality_tokens)
 
     @torch.no_grad()

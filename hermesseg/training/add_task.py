@@ -48,9 +48,9 @@ from .sampling import Source
 CHECK_WINDOW = 32  # the forgetting check's window edge (voxels): bit-identity does not depend on the window size
 CHECK_STEPS = 12  # the check and the write take about as long as this many training steps (8 groups, 2 models)
 # --mode adapter's group adapter (hermesseg.network.group_adapter; chosen on ACDC, see README "Teaching a new
-# structure"): a 3-level residual U-Net from 1/2 resolution down, 16 channels at 1/2, read out at full resolution by a
-# 1x1x1 convolution.
-ADAPTER = {"design": "half-resolution-pointwise", "width": 16, "levels": 3, "blocks": 1}
+# structure"): a 3-level residual U-Net from 1/2 resolution down over the last decoder features, the stem features and
+# the image, 16 channels at 1/2, read out at full resolution by a 1x1x1 convolution.
+ADAPTER = {"design": "image-pointwise", "width": 16, "levels": 3, "blocks": 1}
 # --mode adapter: 8 adapter-only updates after every step, each on a random 32^3 window of the features of one of
 # the last 16 steps (feature_replay; chosen on ACDC against 3 updates on whole windows and none, README "Teaching a
 # new structure").

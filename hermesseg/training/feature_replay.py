@@ -1,7 +1,7 @@
 """Feature replay (``add-task --mode adapter``): more adapter updates per second from features a step already paid for.
 
-Why: a group adapter reads only the last decoder features ``d0`` and the stem features ``f0`` and adds its
-correction to the task head's logits (``hermesseg.network.group_adapter``). A joint step of the new rows and the
+Why: a group adapter reads only the last decoder features ``d0``, the stem features ``f0`` and the input image, and
+adds its correction to the task head's logits (``hermesseg.network.group_adapter``). A joint step of the new rows and the
 adapter pays for the frozen network's forward and the backward through it (for the rows); the new structures are
 step-bound on a CPU. So after each joint step ``updates_per_step`` more updates of the adapter alone run on
 batches drawn from the last ``pool_steps`` steps' features, each on a random ``crop``-voxel window of the pooled
@@ -14,7 +14,7 @@ AVX2 machine): 8 updates on 32^3 windows from a pool of 16 steps, mean held-out 
 0.538 in 161 steps with 3 updates on whole windows (README "Teaching a new structure").
 
 A replayed update is the tail of the network's own forward on a window of stored inputs: ``GroupAdapters.correct(
-head logits, task_ids, d0, f0)`` and the same loss, so it trains what a step trains, minus the rows.
+head logits, task_ids, d0, f0, image)`` and the same loss, so it trains what a step trains, minus the rows.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ def random_crop(shape, edge: int | None, rng: np.random.Generator) -> tuple[slic
 
 class FeatureReplay:
     """Captures, on ``network``'s training forward, what the adapter reads (``d0``: the last decoder stage's output,
-    ``f0``: the stem's, the task head's logits); ``record`` pools them with the step's targets and ``batch`` draws
+    ``f0``: the stem's, ``image``: the stem's input, the task head's logits); ``record`` pools them with the step's targets and ``batch`` draws
     one pooled step (seeded). Use as a context manager: the capture hooks exist only inside it, so no copy of the
     network (the EMA, a later phase) inherits them."""
 
@@ -64,8 +64,10 @@ class FeatureReplay:
             def hook(module, inputs, output):
                 self._seen[name] = output.detach()
             return hook
+        def keep_input(module, inputs):
+            self._seen["image"] = inputs[0].detach()
         net = self.network
-        self._hooks = [net.stem.register_forward_hook(keep("f0")),
+        self._hooks = [net.stem.register_forward_pre_hook(keep_input), net.stem.register_forward_hook(keep("f0")),
                        net.decoder[-1].register_forward_hook(keep("d0")),
                        net.task_head.register_forward_hook(keep("logits"))]
         return self
@@ -79,13 +81,13 @@ class FeatureReplay:
     def record(self, targets: torch.Tensor, task_ids: torch.Tensor) -> None:
         """Pool the features of the forward just run with its ``targets`` (B, T, *S) and ``task_ids`` (B, T)."""
         seen = self._seen
-        self.pool.append((seen["logits"], task_ids.detach(), seen["d0"], seen["f0"], targets.detach()))
+        self.pool.append((seen["logits"], task_ids.detach(), seen["d0"], seen["f0"], seen["image"], targets.detach()))
         self._seen = {}
 
     def batch(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(corrected logits (B, T, *C) with the adapter's graph, targets, task_ids) of a pooled step, on a random
         window C of its grid (``plan.crop``; the whole grid without)."""
-        logits, task_ids, d0, f0, targets = self.pool[int(self.rng.integers(len(self.pool)))]
+        logits, task_ids, d0, f0, image, targets = self.pool[int(self.rng.integers(len(self.pool)))]
         window = (slice(None), slice(None)) + random_crop(logits.shape[2:], self.plan.crop, self.rng)
-        logits, d0, f0, targets = (t[window] for t in (logits, d0, f0, targets))
-        return self.network.adapters.correct(logits, task_ids, d0, f0), targets, task_ids
+        logits, d0, f0, image, targets = (t[window] for t in (logits, d0, f0, image, targets))
+        return self.network.adapters.correct(logits, task_ids, d0, f0, image), targets, task_ids
