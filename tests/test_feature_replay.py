@@ -64,9 +64,9 @@ def test_a_replayed_batch_gives_the_forward_s_own_logits(window):
 
 def test_a_cropped_replay_takes_one_window_of_logits_features_and_targets(window):
     """``crop``: the update sees a random window of the pooled step, the same one in the head's logits, the features
-    the adapter reads (the image included) and the targets. Checked with an adapter that outputs zero (as a new one does), so the
-    replayed logits are the head's own, and with the head's logits recorded as the targets: then the two are equal
-    only if both were cut at the same place."""
+    the adapter reads (the image included) and the targets. Checked with an adapter that outputs zero (as a new one
+    does), so the replayed logits are the head's own, and with the head's logits recorded as the targets: then the two
+    are equal only if both were cut at the same place."""
     image, _ = window
     net = load_model(require(SHIPPED_MODEL)).network.eval()
     rows = net.add_new_rows([0, 1, 2], [1])

@@ -15,7 +15,8 @@ gives the full-resolution correction by a 1x1x1 convolution; ``half-resolution-u
 convolution there; ``residual-unet``, the first design, runs its first level at full resolution. Older designs are
 kept so that their files load, and read exactly what they read before. On a CPU the full-resolution work is most of a
 training step: each half-resolution design in turn fitted more steps into add-task's 600 s and scored higher on ACDC
-(5 patients); reading the image raised held-out Dice again at the same cost (README "Teaching a new structure").
+(5 patients); reading the image raised held-out Dice again, for 1 more input channel (README "Teaching a new
+structure").
 
 It sits after the whole backbone and reads only ``d0``, ``f0`` and (``image-pointwise``) the image: when only
 adapters train, the frozen network runs without building an autograd graph, and an update on stored features costs
@@ -87,9 +88,9 @@ class HalfResolutionAdapter(_Levels):
     """Design ``half-resolution-unet``: ``forward(d0, f0, image) -> (B, R, *S)`` like ``FullResolutionAdapter``, with
     the levels at 1/2 resolution and below. A strided 3x3x3 convolution takes the inputs [d0, f0] to 1/2; the levels'
     output comes back by trilinear upsampling and meets the inputs again in one 3x3x3 convolution at full resolution,
-    which gives the correction its voxel-level edges. Full-resolution work is what a CPU step pays for: at 48^3, batch 2, 2 cores,
-    its forward and backward cost 0.13 s against 0.42 s for residual-unet at the same width (README "Teaching a new
-    structure").
+    which gives the correction its voxel-level edges. Full-resolution work is what a CPU step pays for: at 48^3, batch
+    2, 2 cores, its forward and backward cost 0.13 s against 0.42 s for residual-unet at the same width (README
+    "Teaching a new structure").
 
     S must allow ``levels`` 2x reductions with at least 2 voxels left (any patch Hermes-R accepts does).
     """
@@ -129,8 +130,8 @@ class ImageReadingAdapter(PointwiseHeadAdapter):
     """Design ``image-pointwise``: ``PointwiseHeadAdapter`` whose inputs are [d0, f0, image], the image being the
     network's normalised input (one more channel). Why: ``d0`` and ``f0`` are what a base model trained for other
     structures kept of the image; the new structure's own edges (the right ventricle's blood pool against its wall in
-    cine MR) may be among what it dropped. Measured on ACDC (5 patients, add-task's 600 s on 2 CPU cores, the same
-    steps): higher held-out Dice than ``half-resolution-pointwise`` on each split tried (README "Teaching a new
+    cine MR) may be among what it dropped. Measured on ACDC (5 patients, add-task's 600 s on 2 CPU cores): higher
+    held-out Dice than ``half-resolution-pointwise`` on each of three patient splits (README "Teaching a new
     structure")."""
 
     reads_image = True

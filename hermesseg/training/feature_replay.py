@@ -1,13 +1,13 @@
 """Feature replay (``add-task --mode adapter``): more adapter updates per second from features a step already paid for.
 
 Why: a group adapter reads only the last decoder features ``d0``, the stem features ``f0`` and the input image, and
-adds its correction to the task head's logits (``hermesseg.network.group_adapter``). A joint step of the new rows and the
-adapter pays for the frozen network's forward and the backward through it (for the rows); the new structures are
-step-bound on a CPU. So after each joint step ``updates_per_step`` more updates of the adapter alone run on
-batches drawn from the last ``pool_steps`` steps' features, each on a random ``crop``-voxel window of the pooled
-step: an update costs the adapter's forward and backward on that window (32^3: 0.15 s on 2 CPU cores, 0.56 s on the
-whole 48^3 window), and every update sees another window. The rows move on joint steps only; a pooled batch's
-features were computed with rows at most ``pool_steps`` steps old.
+adds its correction to the task head's logits (``hermesseg.network.group_adapter``). A joint step of the new rows and
+the adapter pays for the frozen network's forward and the backward through it (for the rows); the new structures are
+step-bound on a CPU. So after each joint step ``updates_per_step`` more updates of the adapter alone run on batches
+drawn from the last ``pool_steps`` steps' features, each on a random ``crop``-voxel window of the pooled step: an
+update costs the adapter's forward and backward on that window (32^3: 0.15 s on 2 CPU cores, 0.56 s on the whole 48^3
+window), and every update sees another window. The rows move on joint steps only; a pooled batch's features were
+computed with rows at most ``pool_steps`` steps old.
 
 Measured (``benchmarks/bench_add_task.py``, ACDC, 5 patients, the defaults of the time, 600 s on 2 CPU cores of an
 AVX2 machine): 8 updates on 32^3 windows from a pool of 16 steps, mean held-out Dice 0.609 in 182 steps, against
@@ -46,9 +46,9 @@ def random_crop(shape, edge: int | None, rng: np.random.Generator) -> tuple[slic
 
 class FeatureReplay:
     """Captures, on ``network``'s training forward, what the adapter reads (``d0``: the last decoder stage's output,
-    ``f0``: the stem's, ``image``: the stem's input, the task head's logits); ``record`` pools them with the step's targets and ``batch`` draws
-    one pooled step (seeded). Use as a context manager: the capture hooks exist only inside it, so no copy of the
-    network (the EMA, a later phase) inherits them."""
+    ``f0``: the stem's, ``image``: the stem's input, the task head's logits); ``record`` pools them with the step's
+    targets and ``batch`` draws one pooled step (seeded). Use as a context manager: the capture hooks exist only
+    inside it, so no copy of the network (the EMA, a later phase) inherits them."""
 
     def __init__(self, network: HermesR, plan: ReplayPlan, seed: int):
         if not len(network.adapters):
