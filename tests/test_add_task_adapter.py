@@ -136,11 +136,11 @@ def _lv_dice(model: Path, outdir: Path) -> float:
 
 
 def test_the_new_tasks_segment_through_hermesseg_segment(taught):
-    """After STEPS steps on this one frame the left ventricle is found on it through the product path. Measured
-    here from hermes-mini 1.1.0: Dice 0.934 with add-task's defaults (pointwise adapter, 8 replayed updates on 32^3
-    windows), 0.911 with the previous ones (3 on whole windows), 0.124 without replay (adapter-only updates fit one
-    frame far faster; the benchmark in the README measures held-out patients). 0.5 fails a run that does not find
-    the structure, an adapter that breaks the group's logits (an untrained group draws nothing there) or replay that
-    stops training the adapter."""
+    """After STEPS steps on this one frame the left ventricle is found on it through the product path. Measured here
+    from hermes-mini 1.1.0: Dice 0.912 with add-task's defaults (image-pointwise adapter, 8 replayed updates on 32^3
+    windows), 0.934 with the half-resolution-pointwise adapter, 0.911 with 3 replayed updates on whole
+    windows, 0.124 without replay (adapter-only updates fit one frame far faster; the benchmark in the README
+    measures held-out patients). 0.5 fails a run that does not find the structure, an adapter that breaks the group's
+    logits (an untrained group draws nothing there) or replay that stops training the adapter."""
     root, out = taught
     assert _lv_dice(out, root / "seg") > 0.5
