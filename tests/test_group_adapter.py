@@ -141,11 +141,7 @@ def test_only_the_image_pointwise_design_reads_the_image(cine, design, reads_ima
     """add-task's design corrects from the image as well as from d0 and f0; the older designs read what they read
     before (so their files give the same logits as when they were written): another image under the same d0 and f0
     changes the correction of image-pointwise alone."""
-    net = load_model(BASE).network
-    first = net.num_task_rows
-    net.add_new_rows([0, 1, 2], [1])
-    net.fold_new_rows()
-    adapter = net.add_adapter(AdapterConfig(GROUP, (first, first + 1, first + 2), design=design, width=8))
+    adapter = DESIGNS[design](AdapterConfig(GROUP, (0, 1, 2), design=design, width=8), feature_channels=8)
     gen = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for p in adapter.parameters():
