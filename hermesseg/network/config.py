@@ -29,8 +29,8 @@ def patch_size_problem(patch_size) -> str | None:
 _ADAPTER_GROUP = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 # residual-unet: every level's blocks from full resolution down (the first design, kept so its files load);
 # half-resolution-unet: one strided convolution to 1/2 resolution, the levels there, and one convolution back at full
-# resolution (its forward and backward 3.3x cheaper at the same width on 2 CPU cores; README "Teaching a new
-# structure"); half-resolution-pointwise: the same with a 1x1x1 convolution at full resolution (cheaper again);
+# resolution (its forward and backward 3.3x cheaper at the same width on 2 CPU cores; benchmarks/add_task_results.md);
+# half-resolution-pointwise: the same with a 1x1x1 convolution at full resolution (cheaper again);
 # image-pointwise: half-resolution-pointwise that also reads the network's input image.
 ADAPTER_DESIGNS = ("residual-unet", "half-resolution-unet", "half-resolution-pointwise", "image-pointwise")
 MAX_ADAPTER_LEVELS = 4  # at most Hermes-R's own coarsest level (1/16 for half-resolution-unet), so any patch it takes

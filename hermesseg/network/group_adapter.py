@@ -15,8 +15,8 @@ gives the full-resolution correction by a 1x1x1 convolution; ``half-resolution-u
 convolution there; ``residual-unet``, the first design, runs its first level at full resolution. Older designs are
 kept so that their files load, and read exactly what they read before. On a CPU the full-resolution work is most of a
 training step: each half-resolution design in turn fitted more steps into add-task's 600 s and scored higher on ACDC
-(5 patients); reading the image raised held-out Dice again, for 1 more input channel (README "Teaching a new
-structure").
+(5 patients); reading the image raised held-out Dice again, for 1 more input channel
+(benchmarks/add_task_results.md).
 
 It sits after the whole backbone and reads only ``d0``, ``f0`` and (``image-pointwise``) the image: when only
 adapters train, the frozen network runs without building an autograd graph, and an update on stored features costs
@@ -89,8 +89,8 @@ class HalfResolutionAdapter(_Levels):
     the levels at 1/2 resolution and below. A strided 3x3x3 convolution takes the inputs [d0, f0] to 1/2; the levels'
     output comes back by trilinear upsampling and meets the inputs again in one 3x3x3 convolution at full resolution,
     which gives the correction its voxel-level edges. Full-resolution work is what a CPU step pays for: at 48^3, batch
-    2, 2 cores, its forward and backward cost 0.13 s against 0.42 s for residual-unet at the same width (README
-    "Teaching a new structure").
+    2, 2 cores, its forward and backward cost 0.13 s against 0.42 s for residual-unet at the same width
+    (benchmarks/add_task_results.md).
 
     S must allow ``levels`` 2x reductions with at least 2 voxels left (any patch Hermes-R accepts does).
     """
@@ -120,8 +120,8 @@ class PointwiseHeadAdapter(HalfResolutionAdapter):
     3x3x3 convolutions at 1/2 resolution and the base network's own full-resolution convolutions (behind d0, f0)
     give it its spatial context. Why: on 2 CPU cores a 3x3x3 convolution from 32 channels to a few outputs is the
     costliest part of the adapter's backward (at 48^3, batch 2: 0.26 s of half-resolution-unet's 0.67-0.89 s for
-    its whole forward and backward, 0.03 s as 1x1x1), and add-task is step-bound (README "Teaching a new
-    structure")."""
+    its whole forward and backward, 0.03 s as 1x1x1), and add-task is step-bound
+    (benchmarks/add_task_results.md)."""
 
     head_kernel = 1
 
@@ -131,8 +131,8 @@ class ImageReadingAdapter(PointwiseHeadAdapter):
     network's normalised input (one more channel). Why: ``d0`` and ``f0`` are what a base model trained for other
     structures kept of the image; the new structure's own edges (the right ventricle's blood pool against its wall in
     cine MR) may be among what it dropped. Measured on ACDC (5 patients, add-task's 600 s on 2 CPU cores): a higher
-    mean held-out Dice than ``half-resolution-pointwise`` on each of three patient splits, by 0.012-0.020, about the
-    spread of one run (README "Teaching a new structure")."""
+    mean held-out Dice than ``half-resolution-pointwise`` on each of three patient splits, by 0.012-0.017 (each
+    split's runs averaged), about the spread of one run (benchmarks/add_task_results.md)."""
 
     reads_image = True
 

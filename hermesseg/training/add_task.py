@@ -47,19 +47,19 @@ from .sampling import Source
 
 CHECK_WINDOW = 32  # the forgetting check's window edge (voxels): bit-identity does not depend on the window size
 CHECK_STEPS = 12  # the check and the write take about as long as this many training steps (8 groups, 2 models)
-# --mode adapter's group adapter (hermesseg.network.group_adapter; chosen on ACDC, see README "Teaching a new
-# structure"): a 3-level residual U-Net from 1/2 resolution down over the last decoder features, the stem features and
-# the image, 16 channels at 1/2, read out at full resolution by a 1x1x1 convolution.
+# --mode adapter's group adapter (hermesseg.network.group_adapter; chosen on ACDC, benchmarks/add_task_results.md):
+# a 3-level residual U-Net from 1/2 resolution down over the last decoder features, the stem features and the image,
+# 16 channels at 1/2, read out at full resolution by a 1x1x1 convolution.
 ADAPTER = {"design": "image-pointwise", "width": 16, "levels": 3, "blocks": 1}
 # --mode adapter: 8 adapter-only updates after every step, each on a random 32^3 window of the features of one of
-# the last 16 steps (feature_replay; chosen on ACDC against 3 updates on whole windows and none, README "Teaching a
-# new structure").
+# the last 16 steps (feature_replay; chosen on ACDC against 3 updates on whole windows and none,
+# benchmarks/add_task_results.md).
 REPLAY = ReplayPlan(updates_per_step=8, pool_steps=16, crop=32)
 # Stronger patch augmentation than base training's (affine 0.5, each intensity transform 0.15): a few patients are
 # all the new structures see, so most patches get a rotation and scale and more get intensity changes (ACDC, 5
-# patients, two splits: +0.022 and +0.017 mean held-out Dice; README "Teaching a new structure").
+# patients, two splits: +0.022 and +0.017 mean held-out Dice; benchmarks/add_task_results.md).
 AUGMENTATION = {"affine_probability": 0.8, "intensity_probability": 0.3}
-# The optimiser of the new rows (measured on ACDC from the default model; see README "Teaching a new structure").
+# The optimiser of the new rows (measured on ACDC from the default model; benchmarks/add_task_results.md).
 SETTINGS = {"lr": 1e-2, "weight_decay": 0.0, "warmup_iterations": 10, "batch_size": 2, "ema_decay": 0.98,
             "modality_loss_weight": 0.0, "num_workers": 0, "validate_every": 0, "augmentation": AUGMENTATION}
 

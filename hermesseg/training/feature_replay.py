@@ -11,7 +11,7 @@ computed with rows at most ``pool_steps`` steps old.
 
 Measured (``benchmarks/bench_add_task.py``, ACDC, 5 patients, the defaults of the time, 600 s on 2 CPU cores of an
 AVX2 machine): 8 updates on 32^3 windows from a pool of 16 steps, mean held-out Dice 0.609 in 182 steps, against
-0.538 in 161 steps with 3 updates on whole windows (README "Teaching a new structure").
+0.538 in 161 steps with 3 updates on whole windows (benchmarks/add_task_results.md).
 
 A replayed update is the tail of the network's own forward on a window of stored inputs: ``GroupAdapters.correct(
 head logits, task_ids, d0, f0, image)`` and the same loss, so it trains what a step trains, minus the rows.
