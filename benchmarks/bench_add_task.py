@@ -234,7 +234,11 @@ def score_hermes(model_path: Path, heldout: Path, base, patch, args) -> dict:
               "mean_dice_without_found_rule": float(np.mean(list(dice_all.values()))) if dice_all else None,
               "trained_parameters": trained_parameters(base_state, new_state),
               "forgetting": forgetting(base, model, patch), "output_bytes": model_path.stat().st_size,
-              "steps": model.manifest.lineage[-1].details.get("steps")}
+              "steps": model.manifest.lineage[-1].details.get("steps"),
+              # how segment draws each new task, as add-task chose it on its held-out cases (postprocessing.py)
+              "drawing": {label: {"threshold": model.manifest.task(task).threshold,
+                                  "largest_piece": model.manifest.task(task).keep_largest_component}
+                          for label, task in ((k.split("/", 1)[1], v) for k, v in task_map.items())}}
     groups = list(dict.fromkeys(model.manifest.task(t).group for t in task_map.values()))
     pack = model_path.with_suffix(".pack.safetensors")
     code, last, _ = hermesseg("export-task", str(model_path), *groups, "-o", str(pack), threads=args.threads)

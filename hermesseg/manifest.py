@@ -33,6 +33,7 @@ from .preprocessing_config import Preprocessing  # not .preprocessing: that impo
 FORMAT_NAME = "hermes-model"
 FORMAT_VERSION = 1
 ARCHITECTURES = ("hermes-r",)
+DEFAULT_THRESHOLD = 0.5  # the probability at which a task's mask is drawn unless its entry says otherwise
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 # Terminology codes end up in Slicer's "scheme^code^meaning~..." tag strings: these characters would split them.
 _TERMINOLOGY_SEPARATORS = "^~|"
@@ -60,6 +61,9 @@ class TaskEntry:
     # Keep only the largest connected piece of the mask (segment removes the others before the found rule): chosen
     # by add-task and finetune when it raised the Dice on their held-out cases (training/postprocessing.py).
     keep_largest_component: bool = False
+    # The probability at which segment draws the mask (and measures the found rule's evidence): chosen by add-task
+    # and finetune on their held-out cases (training/postprocessing.py); 0.5 otherwise.
+    threshold: float = DEFAULT_THRESHOLD
 
 
 @dataclass
@@ -203,6 +207,9 @@ class Manifest:
             if not isinstance(t.keep_largest_component, bool):
                 raise ModelFileError(f"task {t.name!r}: keep_largest_component must be true or false, "
                                      f"not {shown(t.keep_largest_component)}")
+            if type(t.threshold) not in (int, float) or not 0.0 < t.threshold < 1.0:
+                raise ModelFileError(f"task {t.name!r}: threshold must be a number between 0 and 1, "
+                                     f"not {shown(t.threshold)}")
             seen_ids.add(t.id)
             seen_names.add(t.name)
         by_id = {t.id: t for t in self.tasks}

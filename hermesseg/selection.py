@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from .catalogue import catalogue
+from .manifest import DEFAULT_THRESHOLD
 
 MIN_HELDOUT_DICE = 0.5
 MIN_HELDOUT_CASES = 1
@@ -27,14 +28,16 @@ def has_evidence(task) -> bool:
 
 
 def quality_text(task) -> str:
-    """``Dice 0.83 on 1 held-out case`` (``, largest piece only`` when the task keeps only its largest piece) or
-    ``seen in training only``."""
+    """``Dice 0.83 on 1 held-out case`` (``, largest piece only`` when the task keeps only its largest piece,
+    ``, drawn at probability 0.3`` at a threshold other than 0.5) or ``seen in training only``."""
     q = getattr(task, "quality", None)
     if not q:
         return "seen in training only"
     cases = q["heldout_cases"]
     piece = ", largest piece only" if getattr(task, "keep_largest_component", False) else ""
-    return f"Dice {q['heldout_dice']:.2f} on {cases} held-out case{'s' if cases != 1 else ''}{piece}"
+    threshold = getattr(task, "threshold", DEFAULT_THRESHOLD)
+    drawn = f", drawn at probability {threshold:g}" if threshold != DEFAULT_THRESHOLD else ""
+    return f"Dice {q['heldout_dice']:.2f} on {cases} held-out case{'s' if cases != 1 else ''}{piece}{drawn}"
 
 
 @dataclass

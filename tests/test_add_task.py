@@ -140,15 +140,22 @@ def test_held_out_report_lineage_card_and_progress(acdc_run):
             "heldout_dice": dice, "heldout_cases": len(held["held_out_cases"]),
             "source": "held-out cases of its split; the saved weights then went on training on every case"})
     assert [t.quality for t in manifest.tasks[:N_BASE]] == [t.quality for t in base.tasks]
-    # The held-out cases chose, per new task, whether segment keeps only its largest piece; the Dice reported is the
-    # chosen one's, and each choice was scored (postprocessing.py).
+    # The held-out cases chose, per new task, how segment draws it (threshold, largest piece only); the Dice reported
+    # is the chosen drawing's, every candidate was scored, and a changed drawing was chosen only when strictly better
+    # than every drawing before it (postprocessing.py).
     keep = held["keep_largest_component"]
     assert keep == [t.name for t in manifest.tasks[-3:] if t.keep_largest_component]
+    assert held["threshold"] == {t.name: t.threshold for t in manifest.tasks[-3:]}
+    by_drawing = held["dice_by_drawing"]
+    assert list(by_drawing) == ["0.5", "0.5, largest piece", "0.4", "0.4, largest piece", "0.3", "0.3, largest piece"]
     for name, dice in held["dice"].items():
-        all_pieces, largest = held["dice_all_pieces"][name], held["dice_largest_piece"][name]
-        assert dice == (largest if name in keep else all_pieces)
-        assert name not in keep or largest > all_pieces
+        chosen = f"{held['threshold'][name]:g}" + (", largest piece" if name in keep else "")
+        assert dice == by_drawing[chosen][name]
+        before = [scores[name] for key, scores in by_drawing.items()][:list(by_drawing).index(chosen)]
+        assert all(d is None or dice > d for d in before)
+        assert held["dice_all_pieces"][name] == by_drawing["0.5"][name]
     assert not any(t.keep_largest_component for t in manifest.tasks[:N_BASE])
+    assert [t.threshold for t in manifest.tasks[:N_BASE]] == [t.threshold for t in base.tasks]
     assert manifest.card["parent"]["weights_sha256"] == base.weights_sha256
 
     steps = [e for e in events if e.get("stage") in ("held-out training", "refit")]

@@ -69,6 +69,26 @@ def test_a_task_that_keeps_its_largest_piece_draws_only_that_piece():
     assert 0 < big_only.sum() < both.sum()
 
 
+def test_a_task_is_drawn_at_its_own_threshold():
+    """The same smooth blob for two tasks on a real CT's grid: the task whose entry says 0.3 (as add-task sets it when
+    held-out cases say so) draws exactly the input-grid voxels where the resampled probability reaches 0.3, a larger
+    mask than the task drawn at 0.5, whose mask is the usual one; the evidence is measured at the same threshold."""
+    image = read_image(require(IMAGES["lung1"]))
+    grid = to_model_grid(image, (3.0, 3.0, 3.0))
+    shape = tuple(reversed(grid.GetSize()))
+    blob = _blobs(shape, [tuple(n // 2 for n in shape)], 4.0)[0][None]
+    probs = torch.from_numpy(np.concatenate([blob, blob]))
+    tasks = [_task(0), TaskEntry(id=1, name="t1", group="g", modalities=["CT"], threshold=0.3)]
+    results = list(on_input_grid(ModelSpacePrediction(tasks, probs, grid, image, InferenceOptions(found_rule=NO_RULE))))
+    on_input = resample_to_input(blob, grid, image)[0]
+    at_half, at_03 = on_input >= 0.5, on_input >= 0.3
+    assert np.array_equal(results[0].full_mask(on_input.shape), at_half)
+    assert np.array_equal(results[1].full_mask(on_input.shape), at_03)
+    assert 0 < at_half.sum() < at_03.sum()
+    assert results[1].evidence.voxels > results[0].evidence.voxels
+    assert results[1].evidence.mean_probability < results[0].evidence.mean_probability
+
+
 def _permuted_flipped(image):
     return sitk.Flip(sitk.PermuteAxes(image, [2, 0, 1]), [True, False, True])
 

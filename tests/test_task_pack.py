@@ -256,6 +256,8 @@ def _flip_bit(t):
      "has an invalid colour"),
     ("piece_flag", lambda s, d: _rewrite_pack(s, d, edit_meta=lambda m: m["tasks"][0].update(
         keep_largest_component="yes")), "keep_largest_component must be true or false"),
+    ("threshold", lambda s, d: _rewrite_pack(s, d, edit_meta=lambda m: m["tasks"][0].update(threshold=7)),
+     "threshold must be a number between 0 and 1"),
     ("duplicate", lambda s, d: _rewrite_pack(s, d, edit_meta=lambda m: m["tasks"][1].update(
         name=m["tasks"][0]["name"])), "is used twice"),
     ("modality", lambda s, d: _rewrite_pack(s, d, edit_meta=lambda m: m["tasks"][0].update(modalities=["CT"])),
@@ -292,17 +294,19 @@ def test_corrupt_packs_are_refused_with_one_line(work, pack, capsys, name, make,
     assert sorted(p.name for p in root.glob(".out_*")) == []  # no temporary file left behind
 
 
-def test_the_largest_piece_choice_travels_with_the_pack(work, pack, capsys):
-    """A task's held-out choice to keep only its largest piece reaches the importing model (segment reads it)."""
+def test_the_drawing_choice_travels_with_the_pack(work, pack, capsys):
+    """A task's held-out choices, to keep only its largest piece and its threshold, reach the importing model
+    (segment reads them)."""
     root, base, _ = work
     flagged = _rewrite_pack(pack, root / "flagged.safetensors",
-                            edit_meta=lambda m: m["tasks"][1].update(keep_largest_component=True))
+                            edit_meta=lambda m: (m["tasks"][1].update(keep_largest_component=True),
+                                                 m["tasks"][2].update(threshold=0.3)))
     out = root / "flagged_import.safetensors"
     code, err = run_cli(capsys, "import-task", base, flagged, "-o", out)
     assert code == 0, err
-    imported = {t.name: t.keep_largest_component for t in load_model(out).manifest.tasks}
-    assert [imported[n] for n in CINE_TASKS] == [False, True, False]
-    assert not any(v for n, v in imported.items() if n not in CINE_TASKS)
+    imported = {t.name: (t.keep_largest_component, t.threshold) for t in load_model(out).manifest.tasks}
+    assert [imported[n] for n in CINE_TASKS] == [(False, 0.5), (True, 0.5), (False, 0.3)]
+    assert all(v == (False, 0.5) for n, v in imported.items() if n not in CINE_TASKS)
 
 
 def _rewrite_raw(path, text: str):

@@ -69,6 +69,18 @@ def test_a_malformed_largest_piece_flag_is_refused_on_read(flag):
         Manifest.from_dict(doc)
 
 
+@pytest.mark.parametrize("threshold", [0.0, 1.0, 1.5, -0.2, "0.3", None, True])
+def test_a_malformed_threshold_is_refused_on_read(threshold):
+    from safetensors import safe_open
+    with safe_open(str(default_model_path()), framework="pt") as f:
+        doc = json.loads(f.metadata()[MANIFEST_KEY])
+    assert "threshold" not in doc["tasks"][0]  # files written before the field read as 0.5
+    assert Manifest.from_dict(json.loads(json.dumps(doc))).tasks[0].threshold == 0.5
+    doc["tasks"][0]["threshold"] = threshold
+    with pytest.raises(ModelFileError, match="threshold must be a number between 0 and 1"):
+        Manifest.from_dict(doc)
+
+
 def test_default_selection_keeps_only_tasks_with_evidence(model):
     tasks = model.manifest.tasks
     assert [t.name for t in default_selection(tasks, "MR-T1").chosen] == ["mr_brain_structures_colin_brain"]
@@ -158,4 +170,6 @@ def test_quality_text_says_when_a_task_keeps_only_its_largest_piece():
     assert quality_text(task) == "Dice 0.75 on 2 held-out cases"
     task.keep_largest_component = True
     assert quality_text(task) == "Dice 0.75 on 2 held-out cases, largest piece only"
+    task.threshold = 0.3
+    assert quality_text(task) == "Dice 0.75 on 2 held-out cases, largest piece only, drawn at probability 0.3"
     assert quality_text(TaskEntry(id=1, name="rv", group="heart", modalities=["MR-cine"])) == "seen in training only"

@@ -294,15 +294,16 @@ def test_a_checkpoint_write_failing_midway_leaves_the_previous_one(tmp_path, mon
     assert os.listdir(tmp_path) == ["checkpoint.pt"]  # the partial temporary file is gone
 
 
-def test_held_out_scoring_draws_as_segment_does_and_the_largest_piece_wins_only_when_it_helps():
+def test_held_out_scoring_draws_as_segment_does_and_a_changed_drawing_wins_only_when_it_helps():
     """A real ACDC left ventricle as the probability's true piece, plus a false piece far from the heart: keeping the
     largest piece gives Dice 1, keeping both less; a scatter of small pieces is rejected by the found rule (Dice 0,
-    as segment would draw nothing); the choice follows the held-out Dice, task by task."""
+    as segment would draw nothing); a rim of the structure at probability 0.45 is drawn at 0.4, not at 0.5; the
+    choice follows the held-out Dice, task by task, and a later candidate wins only when strictly higher."""
     import SimpleITK as sitk
 
     from hermesseg.inference.found_rule import DEFAULT_RULE, NO_RULE
     from hermesseg.masks import largest_piece_only
-    from hermesseg.training.postprocessing import HeldOutScores, drawn_dice
+    from hermesseg.training.postprocessing import CANDIDATES, Drawing, HeldOutScores, drawn_dice
 
     label = sitk.GetArrayFromImage(sitk.ReadImage(str(require(
         DATA / "mr_cine_heart_acdc" / "labelsTr" / "patient001_frame01.nii.gz"))))
@@ -316,5 +317,23 @@ def test_held_out_scoring_draws_as_segment_does_and_the_largest_piece_wins_only_
     scatter[:, ::4, ::4] = 0.95  # one-voxel columns: hundreds of pieces
     assert drawn_dice(scatter, truth, (1.0, 1.0, 1.0), DEFAULT_RULE) == 0.0
     assert drawn_dice(torch.zeros(truth.shape), np.zeros_like(truth), (1.0, 1.0, 1.0), NO_RULE) is None
-    scores = HeldOutScores({"lv": 0.6, "rv": 0.5, "myo": None}, {"lv": 0.9, "rv": 0.4, "myo": None})
-    assert scores.keep_largest == ["lv"] and scores.chosen == {"lv": 0.9, "rv": 0.5, "myo": None}
+    core = sitk.GetArrayFromImage(sitk.BinaryErode(sitk.GetImageFromArray(truth.astype(np.uint8)), [2, 2, 0])) > 0
+    rim = torch.from_numpy(np.where(core, 0.95, np.where(truth, 0.45, 0.0)).astype(np.float32))
+    assert 0.85 < drawn_dice(rim, truth, (1.0, 1.0, 1.0), DEFAULT_RULE) < 0.9  # the rim is left out at 0.5
+    assert drawn_dice(rim, truth, (1.0, 1.0, 1.0), DEFAULT_RULE, threshold=0.4) == 1.0
+
+    assert CANDIDATES[0] == Drawing() == Drawing(0.5, False)  # segment's usual drawing is preferred on a tie
+    # per case, for the candidates in order (0.5, 0.5 largest, 0.4, 0.4 largest, 0.3, 0.3 largest); None: the case
+    # has neither the structure nor a mask of it
+    table = {"lv": [[0.6], [0.9], [0.6], [0.9], [0.6], [0.9]], "rv": [[0.5], [0.4], [0.5], [0.4], [0.55], [0.4]],
+             "la": [[0.7], [0.7], [0.8], [0.8], [0.8], [0.8]],
+             # absent from the second case: undrawn there at 0.5, a false mask at the lower thresholds
+             "myo": [[0.6, None], [0.6, None], [0.7, 0.0], [0.7, 0.0], [0.8, 0.0], [0.8, 0.0]],
+             "ra": [[None]] * 6}
+    scores = HeldOutScores({c: {name: values[i] for name, values in table.items()} for i, c in enumerate(CANDIDATES)})
+    assert scores.choice == {"lv": Drawing(0.5, True), "rv": Drawing(0.3, False), "la": Drawing(0.4, False),
+                             "myo": Drawing(), "ra": Drawing()}
+    assert scores.keep_largest == ["lv"]
+    assert scores.chosen == {"lv": 0.9, "rv": 0.55, "la": 0.8, "myo": 0.6, "ra": None}
+    assert scores.record["threshold"] == {"lv": 0.5, "rv": 0.3, "la": 0.4, "myo": 0.5, "ra": 0.5}
+    assert scores.record["dice_by_drawing"]["0.3"] == {"lv": 0.6, "rv": 0.55, "la": 0.8, "myo": 0.4, "ra": None}

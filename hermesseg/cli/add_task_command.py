@@ -35,7 +35,7 @@ def run(args) -> int:
     request = AddTaskRequest(**request_fields(args), mode=args.mode, init_from=args.init_from)
     result = run_cancellable(progress, lambda p: add_task(request, p))
     held = result.held_out_dice
-    summary = held_out_note(held, result.largest_piece_only)
+    summary = held_out_note(held, result.largest_piece_only, result.thresholds)
     inits = "; ".join(f"{n} from {i['from']} ({i['reason']}"
                       + (f", soft Dice {i['soft_dice']})" if i["soft_dice"] is not None else ")")
                       for n, i in result.init.items())

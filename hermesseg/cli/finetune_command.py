@@ -46,7 +46,7 @@ def run(args) -> int:
                     "steps": result.steps, "wall_s": round(result.wall_s, 1), "forgetting": result.forgetting}],
                   f"wrote {result.output}")
     if args.progress != "json":
-        held = held_out_note(result.held_out_dice, result.largest_piece_only)
+        held = held_out_note(result.held_out_dice, result.largest_piece_only, result.thresholds)
         print(f"wrote {result.output}: {len(result.new_tasks)} new task(s) in {result.steps} steps, "
               f"{result.wall_s:.0f} s; {held}; {forgetting_note(result.forgetting)}", file=sys.stderr)
     return 0

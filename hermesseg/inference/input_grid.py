@@ -1,15 +1,16 @@
 """Going back from the model grid to the input's own grid: the one place that does it, and its progress share.
 
-Each task's probability is resampled back (linear) and thresholded on the input grid. With ``crop_resample`` only the
-box where the probability reaches the threshold on the model grid, plus one model voxel (linear interpolation reads
-the 8 surrounding voxels, so no input voxel outside can reach the threshold), is resampled: the cost follows the size
-of the structure, not of the input, and a task that never reaches the threshold is "not found" without any
-resampling. A task that keeps only its largest piece (``TaskEntry.keep_largest_component``, chosen on held-out cases
-by add-task, or ``options.largest_component`` for every task) has its other pieces removed first, on the model grid,
-so its evidence, mask and probability map describe that piece. A mask that reaches the threshold is drawn only when
-its evidence passes ``options.found_rule`` (``found_rule.py``); otherwise the task is not found, with the rule's
-reason. Everything runs in torch on the device that holds the probabilities; only the boxed masks (and, when asked
-for, whole probability maps) come back to the host.
+Each task's probability is resampled back (linear) and thresholded on the input grid at the task's own threshold
+(``TaskEntry.threshold``: 0.5 unless add-task or finetune chose another on held-out cases). With ``crop_resample``
+only the box where the probability reaches the threshold on the model grid, plus one model voxel (linear
+interpolation reads the 8 surrounding voxels, so no input voxel outside can reach the threshold), is resampled: the
+cost follows the size of the structure, not of the input, and a task that never reaches the threshold is "not found"
+without any resampling. A task that keeps only its largest piece (``TaskEntry.keep_largest_component``, chosen on
+held-out cases by add-task, or ``options.largest_component`` for every task) has its other pieces removed first, on
+the model grid, so its evidence, mask and probability map describe that piece. A mask that reaches the threshold is
+drawn only when its evidence passes ``options.found_rule`` (``found_rule.py``); otherwise the task is not found, with
+the rule's reason. Everything runs in torch on the device that holds the probabilities; only the boxed masks (and,
+when asked for, whole probability maps) come back to the host.
 """
 
 from __future__ import annotations
@@ -62,21 +63,21 @@ def on_input_grid(prediction: ModelSpacePrediction, probabilities: bool = False,
     n = len(prediction.tasks)
     spacing = prediction.model_grid.GetSpacing()
     for t, task in enumerate(prediction.tasks):
-        channel = prediction.probabilities_tensor[t]
+        channel, threshold = prediction.probabilities_tensor[t], task.threshold
         if options.largest_component or task.keep_largest_component:
-            channel = largest_piece_only(channel, options.threshold)
-        evidence = task_evidence(channel, options.threshold, spacing, prediction.body_mask)
-        reason = options.found_rule.reason(evidence, options.threshold)
+            channel = largest_piece_only(channel, threshold)
+        evidence = task_evidence(channel, threshold, spacing, prediction.body_mask)
+        reason = options.found_rule.reason(evidence, threshold)
         whole = sampler.sample(channel) if probabilities or not options.crop_resample else None
         if reason is not None:
             mask, box = np.zeros((0, 0, 0), dtype=bool), None
         elif options.crop_resample:
-            mask, box = _boxed_mask(sampler, channel, options.threshold)
+            mask, box = _boxed_mask(sampler, channel, threshold)
         else:
-            mask, box = (whole >= options.threshold).cpu().numpy(), tuple(slice(0, s) for s in sampler.input_shape)
+            mask, box = (whole >= threshold).cpu().numpy(), tuple(slice(0, s) for s in sampler.input_shape)
         tight = bounding_box(mask) if mask.any() else None
         if tight is None:
-            reason = reason or f"the probability reaches {options.threshold:g} on no voxel of the input grid"
+            reason = reason or f"the probability reaches {threshold:g} on no voxel of the input grid"
             result = TaskOnInputGrid(task, None, np.zeros((0, 0, 0), np.uint8), reason=reason)
         else:
             mask = mask[tight]

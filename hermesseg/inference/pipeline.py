@@ -38,7 +38,6 @@ class InferenceOptions:
     overlap: float = 0.5
     batch_size: int | None = None  # windows per forward pass; None = calibrated per device (execution.py)
     threads: int | None = None  # CPU threads; None = calibrated
-    threshold: float = 0.5
     largest_component: bool = False
     crop_to_body: bool = True  # skip the air around the patient (the reference trained on body-cropped volumes)
     share_encoder: bool = True  # one encoder pass per window for all task groups (sliding_window.window_predictor)

@@ -133,7 +133,7 @@ def add_task(request: AddTaskRequest, progress=None) -> AddTaskResult:
     wall = clock.elapsed()
     check = {"queries": report.queries, "tasks": report.tasks, "max_abs_logit_difference": report.max_abs_difference,
              "image": f"{cases.every[0].dataset}/{cases.every[0].case} (centre {CHECK_WINDOW}^3 window)"}
-    note = held_out_note(held, trained.keep_largest)
+    note = held_out_note(held, trained.keep_largest, trained.thresholds)
     details = {"mode": request.mode, **run_details(checked, request, cfg, total_steps, wall, str(ctx.device)),
                "feature_replay": asdict(replay) if replay else None,
                "init": rows.init, "held_out": trained.record, "forgetting_check": check}

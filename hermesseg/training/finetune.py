@@ -112,7 +112,7 @@ def finetune(request: FinetuneRequest, progress=None) -> FinetuneResult:
     record = forgetting.after(out_net, clock)
 
     wall = clock.elapsed()
-    note = f"{held_out_note(trained.dice, trained.keep_largest)}; {forgetting_note(record)}"
+    note = f"{held_out_note(trained.dice, trained.keep_largest, trained.thresholds)}; {forgetting_note(record)}"
     details = {"method": "finetune", **run_details(checked, request, cfg, trained.steps, wall, str(ctx.device)),
                "backbone_lr_scale": float(request.backbone_lr_scale),
                "parameter_groups": trained.result.groups, "samples": trained.result.samples,

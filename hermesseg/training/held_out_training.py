@@ -1,7 +1,8 @@
 """The held-out protocol add-task and finetune share: with enough case groups, train on the seeded split, report
 Dice per new task on the held-out cases, then (unless ``--no-refit``) go on training from those weights on every
 case; with fewer, train once on every case and say that no held-out figure exists. The held-out cases also choose
-which new tasks keep only their largest piece (``postprocessing``); the reported Dice is the chosen one.
+how each new task is drawn, at which threshold and whether only its largest piece is kept (``postprocessing``);
+the reported Dice is the chosen drawing's.
 
 Why the refit continues instead of starting again: within a CPU time limit each phase gets a few hundred steps and
 the new structures are step-bound (ACDC, 5 patients, default adapter: held-out mean 0.27 with a fresh refit, 0.48
@@ -25,7 +26,7 @@ from .cache import CachedCase
 from .new_rows import NewRows
 from .new_task_cases import NewTaskCases
 from .phase import PhaseResult
-from .postprocessing import held_out_scores, with_largest_piece
+from .postprocessing import Drawing, held_out_scores, with_drawing
 from .run_clock import RunClock
 from .task_quality import held_out_quality, with_quality
 
@@ -39,37 +40,45 @@ class HeldOutTraining:
     steps: int  # over every phase
     dice: dict[str, float | None] | None  # held-out Dice per new task; None without a held-out split
     record: dict | None  # for lineage: train_cases, held_out_cases, steps, dice (and of both piece choices)
-    keep_largest: list[str]  # the new tasks that keep only their largest piece (none without a held-out split)
+    drawing: dict[str, Drawing]  # how segment draws each new task (segment's usual drawing without a held-out split)
+
+    @property
+    def keep_largest(self) -> list[str]:
+        """The new tasks that keep only their largest piece."""
+        return [name for name, d in self.drawing.items() if d.largest_piece]
+
+    @property
+    def thresholds(self) -> dict[str, float]:
+        """The new tasks drawn at another threshold than segment's usual 0.5, and that threshold."""
+        return {name: d.threshold for name, d in self.drawing.items() if d.threshold != Drawing().threshold}
 
     def applied(self, tasks: Sequence[TaskEntry], new_tasks: Sequence[str], refit: bool) -> list[TaskEntry]:
         """The manifest's ``tasks`` with what the held-out cases measured on the ``new_tasks``: their quality
-        (``task_quality``) and whether they keep only their largest piece."""
+        (``task_quality``) and how segment draws them (``postprocessing``)."""
         measured = set(new_tasks)
         tasks = with_quality(tasks, held_out_quality(self.record, refit), measured)
-        return with_largest_piece(tasks, self.keep_largest, measured)
+        return with_drawing(tasks, self.drawing, measured)
 
 
 def train_held_out_then_refit(phase: Phase, cases: NewTaskCases, rows: NewRows, refit: bool, device,
                               clock: RunClock) -> HeldOutTraining:
-    steps, dice, record, result, keep = 0, None, None, None, []
+    steps, dice, record, result, drawing = 0, None, None, None, {}
     if cases.held_out:
         result = phase(cases.train, "held-out training", 0.45 if refit else 0.9, None)
         steps += result.steps
         clock.event("held-out", f"Dice on {len(cases.held)} held-out case(s)")
         scores = held_out_scores(result.network, cases.held, rows.query_with_null, rows.modality_id, rows.names,
                                  cases.preprocessing.patch_size, cases.preprocessing.spacing, device)
-        dice, keep = scores.chosen, scores.keep_largest
-        kept = f"; largest piece only: {', '.join(keep)}" if keep else ""
-        clock.event("held-out", "held-out Dice " + ", ".join(f"{k} {v}" for k, v in dice.items()) + kept,
-                    held_out_dice=dice)
+        dice, drawing = scores.chosen, scores.choice
+        clock.event("held-out", "held-out Dice " + ", ".join(f"{k} {v} (drawn at {drawing[k].name})"
+                                                             for k, v in dice.items()), held_out_dice=dice)
         record = {"train_cases": [c.case for c in cases.train], "held_out_cases": [c.case for c in cases.held],
-                  "steps": result.steps, "dice": dice, "dice_all_pieces": scores.all_pieces,
-                  "dice_largest_piece": scores.largest_piece, "keep_largest_component": keep}
+                  "steps": result.steps, "dice": dice, **scores.record}
     if not cases.held_out or refit:
         result = phase(cases.every, "training" if not cases.held_out else "refit", 0.95,
                        result.network if cases.held_out else None)
         steps += result.steps
-    return HeldOutTraining(result, steps, dice, record, keep)
+    return HeldOutTraining(result, steps, dice, record, drawing)
 
 
 def phase_steps(steps: int | None, held_out: bool, refit: bool) -> tuple[int, int]:

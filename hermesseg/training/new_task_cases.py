@@ -72,9 +72,11 @@ def prepare_cases(checked: NewTaskData, request: NewTaskRequest, splits: dict) -
                         [cache[(d.name, c.name)] for d in checked.datasets for c in d.cases])
 
 
-def held_out_note(dice: dict | None, keep_largest=()) -> str:
+def held_out_note(dice: dict | None, keep_largest=(), thresholds: dict | None = None) -> str:
     """The held-out figure in words, for lineage notes and model cards."""
     if not dice:
         return f"no held-out figure (fewer than {MIN_GROUPS_FOR_HELD_OUT} case groups)"
-    kept = f" (largest piece only: {', '.join(keep_largest)})" if keep_largest else ""
+    drawn = ([f"largest piece only: {', '.join(keep_largest)}"] if keep_largest else []) + \
+        [f"{name} drawn at probability {t:g}" for name, t in (thresholds or {}).items()]
+    kept = f" ({'; '.join(drawn)})" if drawn else ""
     return "held-out Dice as segment draws it " + ", ".join(f"{k}={v}" for k, v in dice.items()) + kept

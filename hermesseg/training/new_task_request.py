@@ -13,7 +13,7 @@ from pathlib import Path
 
 from ..add_task_options import DEFAULT_SPLIT_GROUP_PATTERN, DEFAULT_TIME_LIMIT_S
 from ..errors import DatasetError, HermesError, OutputError, QueryError
-from ..manifest import Manifest
+from ..manifest import DEFAULT_THRESHOLD, Manifest
 from ..model import HermesModel
 from ..names import check_name
 from ..nnunet import Dataset, TaskPlan, check_case, dataset_modality_string, load_datasets, plan_tasks, read_dataset
@@ -67,6 +67,12 @@ class NewTaskResult:
         """The new tasks that keep only their largest piece (chosen on the held-out cases)."""
         new = set(self.new_tasks)
         return [t.name for t in self.manifest.tasks if t.name in new and t.keep_largest_component]
+
+    @property
+    def thresholds(self) -> dict[str, float]:
+        """The new tasks drawn at another threshold than 0.5 (chosen on the held-out cases), and that threshold."""
+        new = set(self.new_tasks)
+        return {t.name: t.threshold for t in self.manifest.tasks if t.name in new and t.threshold != DEFAULT_THRESHOLD}
 
 
 def same_file(a: Path, b: Path) -> bool:
