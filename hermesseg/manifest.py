@@ -61,8 +61,9 @@ class TaskEntry:
     # Keep only the largest connected piece of the mask (segment removes the others before the found rule): chosen
     # by add-task and finetune when it raised the Dice on their held-out cases (training/postprocessing.py).
     keep_largest_component: bool = False
-    # The probability at which segment draws the mask (and measures the found rule's evidence): chosen by add-task
-    # and finetune on their held-out cases (training/postprocessing.py); 0.5 otherwise.
+    # The probability at which segment draws the mask (whether the task is found is still judged at 0.5,
+    # found_rule.EVIDENCE_THRESHOLD): chosen by add-task and finetune on their held-out cases
+    # (training/postprocessing.py); 0.5 otherwise.
     threshold: float = DEFAULT_THRESHOLD
 
 

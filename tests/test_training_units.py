@@ -301,7 +301,7 @@ def test_held_out_scoring_draws_as_segment_does_and_a_changed_drawing_wins_only_
     choice follows the held-out Dice, task by task, and a later candidate wins only when strictly higher."""
     import SimpleITK as sitk
 
-    from hermesseg.inference.found_rule import DEFAULT_RULE, NO_RULE
+    from hermesseg.inference.found_rule import DEFAULT_RULE, NO_RULE, task_evidence
     from hermesseg.masks import largest_piece_only
     from hermesseg.training.postprocessing import CANDIDATES, Drawing, HeldOutScores, drawn_dice
 
@@ -321,6 +321,12 @@ def test_held_out_scoring_draws_as_segment_does_and_a_changed_drawing_wins_only_
     rim = torch.from_numpy(np.where(core, 0.95, np.where(truth, 0.45, 0.0)).astype(np.float32))
     assert 0.85 < drawn_dice(rim, truth, (1.0, 1.0, 1.0), DEFAULT_RULE) < 0.9  # the rim is left out at 0.5
     assert drawn_dice(rim, truth, (1.0, 1.0, 1.0), DEFAULT_RULE, threshold=0.4) == 1.0
+    # A wide rim at 0.35: the mask at 0.3 is right, but its mean probability (0.68) is below the rule's 0.73; the rule
+    # judges at 0.5, where it was calibrated, so the mask is drawn (found_rule.EVIDENCE_THRESHOLD).
+    core = sitk.GetArrayFromImage(sitk.BinaryErode(sitk.GetImageFromArray(truth.astype(np.uint8)), [5, 5, 0])) > 0
+    wide = torch.from_numpy(np.where(core, 0.95, np.where(truth, 0.35, 0.0)).astype(np.float32))
+    assert task_evidence(wide, 0.3, (1.0, 1.0, 1.0)).mean_probability < DEFAULT_RULE.min_mean_probability
+    assert drawn_dice(wide, truth, (1.0, 1.0, 1.0), DEFAULT_RULE, threshold=0.3) == 1.0
 
     assert CANDIDATES[0] == Drawing() == Drawing(0.5, False)  # segment's usual drawing is preferred on a tie
     # per case, for the candidates in order (0.5, 0.5 largest, 0.4, 0.4 largest, 0.3, 0.3 largest); None: the case

@@ -8,9 +8,10 @@ cost follows the size of the structure, not of the input, and a task that never 
 without any resampling. A task that keeps only its largest piece (``TaskEntry.keep_largest_component``, chosen on
 held-out cases by add-task, or ``options.largest_component`` for every task) has its other pieces removed first, on
 the model grid, so its evidence, mask and probability map describe that piece. A mask that reaches the threshold is
-drawn only when its evidence passes ``options.found_rule`` (``found_rule.py``); otherwise the task is not found, with
-the rule's reason. Everything runs in torch on the device that holds the probabilities; only the boxed masks (and,
-when asked for, whole probability maps) come back to the host.
+drawn only when its evidence (measured at ``EVIDENCE_THRESHOLD``, 0.5, where the rule was calibrated) passes
+``options.found_rule`` (``found_rule.py``); otherwise the task is not found, with the rule's reason. Everything runs
+in torch on the device that holds the probabilities; only the boxed masks (and, when asked for, whole probability
+maps) come back to the host.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import torch
 from ..manifest import TaskEntry
 from ..masks import Box, bounding_box, largest_piece_only
 from ..preprocessing import InputGridSampler
-from .found_rule import Evidence, task_evidence
+from .found_rule import EVIDENCE_THRESHOLD, Evidence, task_evidence
 from .pipeline import INFER_END, ModelSpacePrediction
 
 INPUT_GRID_SHARE = (INFER_END, 0.97)  # progress of one input spent here; writing the files takes the rest
@@ -66,8 +67,8 @@ def on_input_grid(prediction: ModelSpacePrediction, probabilities: bool = False,
         channel, threshold = prediction.probabilities_tensor[t], task.threshold
         if options.largest_component or task.keep_largest_component:
             channel = largest_piece_only(channel, threshold)
-        evidence = task_evidence(channel, threshold, spacing, prediction.body_mask)
-        reason = options.found_rule.reason(evidence, threshold)
+        evidence = task_evidence(channel, EVIDENCE_THRESHOLD, spacing, prediction.body_mask)
+        reason = options.found_rule.reason(evidence, EVIDENCE_THRESHOLD)
         whole = sampler.sample(channel) if probabilities or not options.crop_resample else None
         if reason is not None:
             mask, box = np.zeros((0, 0, 0), dtype=bool), None

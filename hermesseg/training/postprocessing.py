@@ -14,8 +14,9 @@ Dice on the 10 test patients by 0.012-0.019 per model (largest piece kept); choo
 test patient's model-grid Dice, as add-task does on its held-out patient, raised it on the other nine by 0.010-0.017
 (mean over the choice of patient), and by at least 0.005 for every choice.
 
-Each candidate is scored as ``segment`` would draw it: the piece rule first, then the found rule (``DEFAULT_RULE``
-at the candidate's threshold; a mask it rejects scores 0 where the truth has the structure), on the model grid. So
+Each candidate is scored as ``segment`` would draw it: the piece rule first, then the found rule (``DEFAULT_RULE``,
+its evidence at 0.5 whatever the candidate's threshold; a mask it rejects scores 0 where the truth has the
+structure), on the model grid. So
 the stored held-out quality is the quality of what a user sees.
 """
 
@@ -28,7 +29,7 @@ import numpy as np
 import torch
 
 from ..evaluation.metrics import dice
-from ..inference.found_rule import DEFAULT_RULE, FoundRule, task_evidence
+from ..inference.found_rule import DEFAULT_RULE, EVIDENCE_THRESHOLD, FoundRule, task_evidence
 from ..manifest import DEFAULT_THRESHOLD, TaskEntry
 from ..masks import largest_piece_only
 from .validation import predict_volume
@@ -104,8 +105,9 @@ def drawn_dice(probability: torch.Tensor, truth: np.ndarray, spacing, rule: Foun
                threshold: float = DEFAULT_THRESHOLD) -> float | None:
     """Dice of the mask segment draws from ``probability`` (z y x, model grid) at ``threshold`` against ``truth``;
     None when both are empty."""
-    evidence = task_evidence(probability, threshold, spacing)
-    drawn = (probability >= threshold).numpy() if rule.reason(evidence, threshold) is None else np.zeros_like(truth)
+    evidence = task_evidence(probability, EVIDENCE_THRESHOLD, spacing)
+    found = rule.reason(evidence, EVIDENCE_THRESHOLD) is None
+    drawn = (probability >= threshold).numpy() if found else np.zeros_like(truth)
     return None if not (drawn.any() or truth.any()) else dice(drawn, truth)
 
 
