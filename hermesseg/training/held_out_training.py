@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Callable, Sequence
 
 from ..add_task_options import DEFAULT_TOTAL_STEPS
-from ..manifest import TaskEntry
+from ..manifest import DEFAULT_THRESHOLD, TaskEntry
 from ..network import HermesR
 from .cache import CachedCase
 from .new_rows import NewRows
@@ -50,7 +50,7 @@ class HeldOutTraining:
     @property
     def thresholds(self) -> dict[str, float]:
         """The new tasks drawn at another threshold than segment's usual 0.5, and that threshold."""
-        return {name: d.threshold for name, d in self.drawing.items() if d.threshold != Drawing().threshold}
+        return {name: d.threshold for name, d in self.drawing.items() if d.threshold != DEFAULT_THRESHOLD}
 
     def applied(self, tasks: Sequence[TaskEntry], new_tasks: Sequence[str], refit: bool) -> list[TaskEntry]:
         """The manifest's ``tasks`` with what the held-out cases measured on the ``new_tasks``: their quality

@@ -16,8 +16,7 @@ test patient's model-grid Dice, as add-task does on its held-out patient, raised
 
 Each candidate is scored as ``segment`` would draw it: the piece rule first, then the found rule (``DEFAULT_RULE``,
 its evidence at 0.5 whatever the candidate's threshold; a mask it rejects scores 0 where the truth has the
-structure), on the model grid. So
-the stored held-out quality is the quality of what a user sees.
+structure), on the model grid. So the stored held-out quality is the quality of what a user sees.
 """
 
 from __future__ import annotations
