@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import math
 import os
 from pathlib import Path
@@ -127,6 +129,37 @@ def test_ema_decay_and_update():
     ema.update(net, 1)
     assert torch.all(ema.module.weight == 4.0)
     assert not ema.module.weight.requires_grad
+
+
+def test_ema_averages_only_the_trained_parameters_and_copies_buffers():
+    """The fused update gives each trained tensor exactly ``d*ema + (1-d)*w`` (the per-tensor formula), leaves frozen
+    ones with their bytes, copies buffers, and follows a module it is handed later (a copy, as a refit's network)."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv3d(1, 4, 3), torch.nn.BatchNorm3d(4), torch.nn.Conv3d(4, 2, 1))
+    net[0].requires_grad_(False)
+    ema = EMA(net, 0.9)
+    frozen = net[0].weight.detach().clone()
+    for step in range(3):
+        before = {k: v.clone() for k, v in ema.module.state_dict().items()}
+        with torch.no_grad():
+            for p in net.parameters():
+                p.add_(torch.randn_like(p))
+            net[1].running_mean.add_(1.0)
+        ema.update(net, step)
+        d = ema.decay(step)
+        for name, p in net.named_parameters():
+            averaged = ema.module.get_parameter(name)
+            if p.requires_grad:
+                assert torch.equal(averaged, before[name].mul(d).add(p.detach(), alpha=1.0 - d)), name
+            else:
+                assert torch.equal(averaged, frozen if name == "0.weight" else before[name]), name
+        assert torch.equal(ema.module[1].running_mean, net[1].running_mean)
+    other = copy.deepcopy(net)
+    with torch.no_grad():
+        other[2].weight.fill_(7.0)
+    start = ema.module[2].weight.clone()
+    ema.update(other, 10)
+    assert torch.equal(ema.module[2].weight, start.mul(0.9).add(other[2].weight.detach(), alpha=0.1))
 
 
 def test_lamb_minimises_a_quadratic():
