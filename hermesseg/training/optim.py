@@ -118,6 +118,7 @@ class EMA:
         return min(1.0 - 1.0 / (step + 1), self.max_decay)
 
     def _track(self, module: nn.Module) -> None:
+        """Find the (average, live) pairs of ``module``'s trained parameters and its buffers, once per module."""
         if self._source is not module:
             pairs = [(e, p) for e, p in zip(self.module.parameters(), module.parameters()) if p.requires_grad]
             self._pairs = ([e for e, _ in pairs], [p for _, p in pairs])
